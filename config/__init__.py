@@ -1,0 +1,1 @@
+"""Settings and validated YAML configuration (markets, playbooks, scorecard)."""

@@ -1,0 +1,1 @@
+"""Prefect flow entrypoints (one module per deployment) and the `renewals` command line."""

@@ -1,0 +1,187 @@
+"""The `renewals` command line (Typer + Rich)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="renewals",
+    help="Renewal, repayment and retention cycles on Prefect 3.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+run_app = typer.Typer(help="Run a flow once, in this process.", no_args_is_help=True)
+db_app = typer.Typer(help="Manage the Renewals database.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Any:
+    from config.settings import get_settings
+
+    return get_settings()
+
+
+def _parse_markets(markets: str | None) -> list[str] | None:
+    return [m.strip().upper() for m in markets.split(",") if m.strip()] if markets else None
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Create or migrate the database schema (Alembic) at RENEWALS_DATABASE_URL (default: SQLite in var/)."""
+    from tasks.runtime import get_runtime
+    from tasks.store.migrate import current_revision, upgrade
+
+    engine = get_runtime().engine
+    upgrade(engine, revision)
+    err.print(f"database at revision {current_revision(engine)} ({engine.url.render_as_string(hide_password=True)})")
+
+
+@app.command("demo-data")
+def demo_data(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the entity files into.")],
+    customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed and date give identical files.")] = 42,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Day the portfolio is built around (YYYY-MM-DD); default today.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+) -> None:
+    """Write a realistic multi-market demo portfolio (about 1% dirty rows) as one file per entity."""
+    from config.loader import load_markets
+    from tasks.sources.demo_data import generate_portfolio, write_portfolio
+
+    if fmt not in {"csv", "parquet"}:
+        raise typer.BadParameter("use csv or parquet", param_hint="--format")
+    day = date.fromisoformat(as_of) if as_of else date.today()
+    markets = load_markets(_settings().config_dir)
+    frames = generate_portfolio(customers, seed, day, markets)
+    paths = write_portfolio(frames, out_dir, fmt)
+    table = Table(title=f"Demo portfolio: {customers:,} customers, seed {seed}, as of {day}")
+    table.add_column("entity")
+    table.add_column("rows", justify="right")
+    table.add_column("file")
+    for entity, path in paths.items():
+        table.add_row(entity.value, f"{len(frames[entity]):,}", str(path))
+    err.print(table)
+
+
+def _run_cycle(as_of: date | None, markets: list[str] | None, dry_run: bool, playbook: str) -> dict[str, Any]:
+    from flows.renewal_cycle import renewal_cycle
+
+    return renewal_cycle(as_of=as_of, markets=markets, dry_run=dry_run, playbook=playbook)
+
+
+@run_app.command("renewal-cycle")
+def run_renewal_cycle(
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Cycle day (YYYY-MM-DD); default today.")] = None,
+    markets: Annotated[
+        str | None, typer.Option(help="Comma-separated market codes, e.g. DE,FR; default all configured.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan, gate and render, but send nothing.")] = False,
+    playbook: Annotated[str, typer.Option(help="Playbook id in config/playbooks.")] = "renewal-standard",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
+) -> None:
+    """Run one renewal cycle now, in this process, and show what each stage did."""
+    if as_json:
+        _logs_to_stderr()
+    try:
+        summary = _run_cycle(date.fromisoformat(as_of) if as_of else None, _parse_markets(markets), dry_run, playbook)
+    except Exception as exc:
+        err.print(f"[bold red]Stopped before sending:[/] {exc}")
+        raise typer.Exit(code=1) from exc
+    if as_json:
+        sys.stdout.write(json.dumps(summary, sort_keys=True, default=str) + "\n")
+    else:
+        print_summary(summary)
+
+
+def _logs_to_stderr() -> None:
+    for handler in logging.getLogger("prefect").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stderr)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Print the cycle summary as Rich tables."""
+    from tasks.domain.summary import stage_rows
+
+    title = (
+        f"Renewal cycle {summary['cycle_id']} - {', '.join(summary['markets'])} - {summary['as_of']} - "
+        f"{summary['playbook']}{' (dry run)' if summary.get('dry_run') else ''}"
+    )
+    table = Table(title=title, show_lines=False)
+    table.add_column("stage", style="bold")
+    table.add_column("what happened")
+    table.add_column("detail", style="dim")
+    for stage, what, detail in stage_rows(summary):
+        table.add_row(stage, what, detail)
+    out.print(table)
+    for heading, key in (("messages by channel and status", "per_channel"), ("decisions by reason", "per_reason")):
+        data = summary.get(key) or {}
+        if data:
+            t = Table(title=heading)
+            t.add_column(heading.split(" by ")[1])
+            t.add_column("count", justify="right")
+            for k, v in data.items():
+                t.add_row(k, f"{v:,}")
+            out.print(t)
+    out.print(f"[bold]{summary.get('headline', '')}[/]")
+
+
+@app.command("demo")
+def demo(
+    customers: Annotated[int, typer.Option(min=100, help="Customers in the demo portfolio.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Random seed of the demo portfolio.")] = 42,
+) -> None:
+    """Generate a demo portfolio (once per day) and run one full renewal cycle on the embedded defaults."""
+    from config.loader import load_markets
+    from tasks.runtime import get_runtime
+    from tasks.sources.demo_data import generate_portfolio, write_portfolio
+    from tasks.store.migrate import upgrade
+
+    settings = _settings()
+    day = date.today()
+    data_dir = settings.resolved_source_dir
+    stamp = data_dir / ".generated"
+    wanted = f"{customers}:{seed}:{day.isoformat()}"
+    if not stamp.exists() or stamp.read_text() != wanted:
+        frames = generate_portfolio(customers, seed, day, load_markets(settings.config_dir))
+        write_portfolio(frames, data_dir, "csv")
+        stamp.write_text(wanted)
+        err.print(f"demo portfolio: {customers:,} customers written to {data_dir}")
+    else:
+        err.print(f"demo portfolio for {day} already in {data_dir}")
+    upgrade(get_runtime().engine)
+    try:
+        summary = _run_cycle(day, None, False, "renewal-standard")
+    except Exception as exc:
+        err.print(f"[bold red]Stopped before sending:[/] {exc}")
+        raise typer.Exit(code=1) from exc
+    print_summary(summary)
+    out.print(
+        f"\nOutbox (what would have been sent): {settings.resolved_outbox_dir}\n"
+        f"Database: {settings.resolved_database_url}\n"
+        "Run `make demo` again today: nothing new is sent."
+    )
+
+
+def main() -> None:
+    """Entry point of the `renewals` script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

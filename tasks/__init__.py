@@ -1,0 +1,1 @@
+"""Pipeline steps: thin Prefect tasks over pure domain logic and adapters."""

@@ -1,0 +1,34 @@
+"""Shared Prefect task options: no caching or persisted results (they would hold personal data)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.cache_policies import NO_CACHE
+
+from config.loader import ConfigError
+from tasks.sources.raw import SourceError
+
+# Task results can carry customer rows; Prefect must never persist or cache them.
+STEP: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (SourceError, ConfigError, ValueError, KeyError, TypeError)
+
+
+def retry_transient(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Retry an I/O step only when its error could pass (a bad file or config never does)."""
+    try:
+        state.result()
+    except PERMANENT_ERRORS:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+IO_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [2, 10, 30],
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_transient,
+}

@@ -1,0 +1,1 @@
+"""Channel adapters (outbox, Twilio SMS/WhatsApp, SendGrid email) and message rendering."""

@@ -1,0 +1,153 @@
+"""Render messages with Jinja2 (sandboxed, StrictUndefined, autoescaped HTML) and Babel formatting."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date
+from babel.numbers import format_currency, format_percent
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateNotFound, select_autoescape
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from tasks.domain.messaging import locale_chain, sms_segments
+
+PARTS: dict[str, tuple[str, ...]] = {
+    "email": ("subject.txt", "html", "txt"),
+    "sms": ("txt",),
+    "whatsapp": ("txt",),
+}
+
+
+class TemplateMissing(LookupError):
+    """No template exists for a channel, key and any locale in the fallback chain."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered message: the locale actually used, subject, text body and HTML body."""
+
+    locale: str
+    subject: str | None
+    body: str
+    html: str | None
+    encoding: str | None = None
+    segments: int | None = None
+
+
+def babel_locale(tag: str) -> Locale:
+    """Return the Babel locale for a BCP 47 tag, falling back along the chain to English."""
+    for candidate in locale_chain(tag):
+        try:
+            return Locale.parse(candidate, sep="-")
+        except (UnknownLocaleError, ValueError):
+            continue
+    return Locale("en")
+
+
+def format_money(amount: float | Decimal, currency: str, tag: str) -> str:
+    """Format an amount in its currency the way the customer's locale writes it."""
+    return format_currency(Decimal(str(amount)), currency, locale=babel_locale(tag))
+
+
+def format_long_date(day: date, tag: str) -> str:
+    """Format a date in the locale's long form (e.g. 22. November 2026)."""
+    return format_date(day, format="long", locale=babel_locale(tag))
+
+
+def format_share(value: float, tag: str) -> str:
+    """Format a fraction as a percentage in the locale (0.1 -> 10 %)."""
+    return format_percent(value, locale=babel_locale(tag))
+
+
+def _clean_sms(text: str) -> str:
+    # A non-breaking space forces UCS-2 and doubles the segment count (and the bill).
+    lines = [" ".join(line.replace("\u00a0", " ").split()) for line in text.strip().splitlines()]
+    return "\n".join(line for line in lines if line)
+
+
+class Renderer:
+    """Finds a template by channel, key and locale fallback chain, and renders it."""
+
+    def __init__(self, templates_dir: Path) -> None:
+        self.templates_dir = templates_dir
+        self.env = ImmutableSandboxedEnvironment(
+            loader=FileSystemLoader(str(templates_dir)),
+            undefined=StrictUndefined,
+            autoescape=select_autoescape(enabled_extensions=("html.j2",), default_for_string=False, default=False),
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+            auto_reload=False,
+        )
+        self._resolved: dict[tuple[str, str, str], str | None] = {}
+        self._compiled: dict[str, Template] = {}
+
+    def _exists(self, name: str) -> bool:
+        return (self.templates_dir / name).is_file()
+
+    def resolve(self, channel: str, template: str, locale: str) -> str | None:
+        """Return the most specific locale that has every part of the template, or None."""
+        cache_key = (channel, template, locale)
+        if cache_key not in self._resolved:
+            found = None
+            for candidate in locale_chain(locale):
+                if all(self._exists(f"{channel}/{template}/{candidate}.{part}.j2") for part in PARTS[channel]):
+                    found = candidate
+                    break
+            self._resolved[cache_key] = found
+        return self._resolved[cache_key]
+
+    def available(self, channel: str, template: str) -> list[str]:
+        """Return the locales a template exists in."""
+        folder = self.templates_dir / channel / template
+        return sorted({p.name.split(".", 1)[0] for p in folder.glob("*.j2")}) if folder.is_dir() else []
+
+    def _template(self, name: str) -> Template:
+        if name not in self._compiled:
+            try:
+                self._compiled[name] = self.env.get_template(name)
+            except TemplateNotFound as exc:
+                raise TemplateMissing(name) from exc
+        return self._compiled[name]
+
+    def render(self, channel: str, template: str, locale: str, context: Mapping[str, Any]) -> Rendered:
+        """Render one message; raise TemplateMissing when no locale in the chain has the template."""
+        used = self.resolve(channel, template, locale)
+        if used is None:
+            raise TemplateMissing(f"{channel}/{template} for {locale} (chain {', '.join(locale_chain(locale))})")
+        base = f"{channel}/{template}/{used}"
+        ctx = {**context, "channel": channel, "template_locale": used}
+        if channel == "email":
+            subject = " ".join(self._template(f"{base}.subject.txt.j2").render(ctx).split())
+            html = self._template(f"{base}.html.j2").render(ctx)
+            text = self._template(f"{base}.txt.j2").render(ctx).strip() + "\n"
+            return Rendered(used, subject, text, html)
+        body = _clean_sms(self._template(f"{base}.txt.j2").render(ctx))
+        count = sms_segments(body)
+        return Rendered(used, None, body, None, count.encoding, count.segments)
+
+
+@lru_cache(maxsize=64)
+def _labels(templates_dir: Path, lang: str) -> dict[str, str]:
+    path = templates_dir / "_i18n" / f"{lang}.yaml"
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def label(templates_dir: Path, key: str, tag: str) -> str:
+    """Return the translated label for `key` (e.g. product.loan), following the locale chain."""
+    for candidate in locale_chain(tag):
+        value = _labels(templates_dir, candidate).get(key)
+        if value is not None:
+            return value
+    return key

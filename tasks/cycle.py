@@ -1,0 +1,83 @@
+"""Cycle bookkeeping: open the cycle row, and summarise and close it at the end."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.context import get_run_context
+from sqlalchemy import Connection
+
+from tasks._prefect import STEP
+from tasks.domain.summary import headline, markdown
+from tasks.runtime import get_runtime
+from tasks.store.repository import audit, count_by, create_cycle, finish_cycle
+
+
+@task(name="open-cycle", **STEP)
+def open_cycle(as_of: date, markets: list[str], playbook_id: str, dry_run: bool) -> int:
+    """Validate the playbook and open the cycle row; a bad playbook stops the run here."""
+    rt = get_runtime()
+    book = rt.playbook(playbook_id)
+    unknown = sorted(set(markets) - set(rt.markets))
+    if unknown:
+        raise ValueError(f"unknown market(s) {unknown}; configured: {sorted(rt.markets)}")
+    ctx = get_run_context()
+    flow_run = getattr(ctx, "task_run", None)
+    run_id = str(flow_run.flow_run_id) if flow_run is not None else None
+    with rt.engine.begin() as conn:
+        cycle_id = create_cycle(
+            conn,
+            as_of=as_of,
+            markets=markets,
+            playbook=book.id,
+            playbook_version=book.version,
+            dry_run=dry_run,
+            flow_run_id=run_id,
+        )
+        audit(conn, "cycle.started", cycle_id=cycle_id, details={"markets": markets, "dry_run": dry_run})
+    return cycle_id
+
+
+def cycle_summary(conn: Connection, base: dict[str, Any], cycle_id: int) -> dict[str, Any]:
+    """Return the full summary: stage stats plus counts per segment, channel/status and decision reason."""
+    per_channel = {
+        f"{r['channel']}:{r['status']}": int(r["n"]) for r in count_by(conn, "messages", cycle_id, ["channel", "status"])
+    }
+    per_reason = {
+        f"{r['stage']}:{r['outcome']}:{r['reason']}": int(r["n"])
+        for r in count_by(conn, "decisions", cycle_id, ["stage", "outcome", "reason"])
+    }
+    per_segment = {r["segment"]: int(r["n"]) for r in count_by(conn, "segment_assignments", cycle_id, ["segment"])}
+    return {**base, "per_channel": per_channel, "per_reason": per_reason, "per_segment": per_segment}
+
+
+@task(name="summarise", **STEP)
+def summarise(cycle_id: int, base: dict[str, Any]) -> dict[str, Any]:
+    """Close the cycle with its summary, publish it as a Markdown artifact and return it."""
+    rt = get_runtime()
+    with rt.engine.begin() as conn:
+        summary = cycle_summary(conn, base, cycle_id)
+        summary["headline"] = headline(summary)
+        finish_cycle(conn, cycle_id, summary["status"], summary)
+        audit(conn, "cycle.finished", cycle_id=cycle_id, details={"status": summary["status"]})
+    create_markdown_artifact(
+        markdown=markdown(summary),
+        key="renewal-cycle-summary",
+        description=f"Renewal cycle {cycle_id}: {summary['headline']}",
+    )
+    get_run_logger().info(summary["headline"])
+    return summary
+
+
+def fail_cycle(cycle_id: int, base: dict[str, Any], error: BaseException) -> dict[str, Any]:
+    """Mark the cycle failed with the error that stopped it (the error names a file or field, not a person)."""
+    rt = get_runtime()
+    summary = {**base, "status": "failed", "error": str(error)[:1000]}
+    summary["headline"] = headline(summary)
+    with rt.engine.begin() as conn:
+        finish_cycle(conn, cycle_id, "failed", summary)
+        audit(conn, "cycle.failed", cycle_id=cycle_id, details={"error": summary["error"]})
+    return summary

@@ -1,0 +1,1 @@
+"""Pure domain logic: imports only the standard library, pandas and numpy."""

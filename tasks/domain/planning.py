@@ -1,0 +1,107 @@
+"""Planning: which playbook steps are due today, who is held out, and the candidate messages."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+from tasks.domain.playbook import Playbook
+
+
+def holdout_bucket(salt: str, key: str) -> float:
+    """Return a stable number in [0, 1) for `key`, independent of run, process and machine."""
+    digest = hashlib.blake2b(f"{salt}|{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def in_holdout(keys: pd.Series, salt: str, share: float) -> pd.Series:
+    """Return True for the keys that fall in the control group of size `share`."""
+    if share <= 0:
+        return pd.Series(False, index=keys.index)
+    buckets = np.fromiter((holdout_bucket(salt, k) for k in keys), dtype="float64", count=len(keys))
+    return pd.Series(buckets < share, index=keys.index)
+
+
+def message_key(playbook_id: str, contract_key: str, anchor: date, step_id: str, channel: str) -> str:
+    """Return the idempotency key of one message: one per contract, period, step and channel."""
+    return f"{playbook_id}:{contract_key}:{anchor:%Y%m%d}:{step_id}:{channel}"
+
+
+def due_steps(segments: pd.DataFrame, playbook: Playbook, as_of: date) -> pd.DataFrame:
+    """Return the one step due today per eligible contract, with its anchor date.
+
+    A step is due from its offset for `catch_up_days` days, so a missed run still sends it; when
+    a later step is also due, the later one wins, so customers never get a stale reminder.
+    """
+    anchor = pd.to_datetime(segments["term_end"])
+    elapsed = (pd.Timestamp(as_of) - anchor).dt.days
+    eligible = segments["product"].isin([p.value for p in playbook.products]) & segments["status"].isin(
+        [s.value for s in playbook.statuses]
+    )
+    if playbook.markets:
+        eligible &= segments["market"].isin(playbook.markets)
+    chosen = pd.Series(pd.NA, index=segments.index, dtype="object")
+    for step in playbook.ordered_steps:
+        hit = eligible & (elapsed >= step.offset_days) & (elapsed < step.offset_days + playbook.catch_up_days)
+        if step.auto_renew is not None:
+            hit &= segments["auto_renew"].astype(bool) == step.auto_renew
+        if step.risk_bands:
+            hit &= segments["risk_band"].isin(step.risk_bands)
+        chosen = chosen.mask(hit, step.id)
+    mask = chosen.notna()
+    due = segments.loc[mask, ["contract_key", "customer_key", "market", "segment", "risk_band"]].copy()
+    due["step"] = chosen[mask].astype(str)
+    due["anchor_date"] = anchor[mask].dt.date
+    due["days_from_anchor"] = elapsed[mask].astype("int64")
+    return due.reset_index(drop=True)
+
+
+def split_holdout(due: pd.DataFrame, playbook: Playbook) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split due steps into (treated, control) by a stable per-customer hash salted with the playbook."""
+    control = in_holdout(due["customer_key"], f"holdout:{playbook.id}", playbook.holdout_share)
+    return due.loc[~control].reset_index(drop=True), due.loc[control].reset_index(drop=True)
+
+
+CANDIDATE_COLUMNS = (
+    "message_key",
+    "playbook",
+    "contract_key",
+    "customer_key",
+    "market",
+    "step",
+    "channel",
+    "rank",
+    "send_rule",
+    "template",
+    "purpose",
+    "anchor_date",
+)
+
+
+def candidate_messages(treated: pd.DataFrame, playbook: Playbook) -> pd.DataFrame:
+    """Return one candidate row per (due step, channel), ranked in the step's channel order."""
+    frames = []
+    for step in playbook.steps:
+        rows = treated.loc[treated["step"] == step.id]
+        if rows.empty:
+            continue
+        for rank, channel in enumerate(step.channels):
+            part = rows[["contract_key", "customer_key", "market", "step", "anchor_date"]].copy()
+            part["channel"] = channel.value
+            part["rank"] = rank
+            part["send_rule"] = step.send.value
+            part["template"] = step.template
+            part["purpose"] = step.purpose.value
+            frames.append(part)
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in CANDIDATE_COLUMNS})
+    out = pd.concat(frames, ignore_index=True)
+    out["playbook"] = playbook.id
+    anchors = pd.to_datetime(out["anchor_date"]).dt.strftime("%Y%m%d")
+    out["message_key"] = (
+        playbook.id + ":" + out["contract_key"] + ":" + anchors + ":" + out["step"] + ":" + out["channel"]
+    )
+    return out[list(CANDIDATE_COLUMNS)]

@@ -1,0 +1,253 @@
+"""Segment v1: renewal window, days past due, inactivity and a transparent renewal-risk scorecard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+SCORECARD_VERSION = "scorecard-v1"
+
+
+@dataclass(frozen=True)
+class Band:
+    """A labelled range `[low, high]` of whole numbers (None = open)."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic when validating YAML
+
+    label: str
+    low: int | None = None
+    high: int | None = None
+
+
+@dataclass(frozen=True)
+class Points:
+    """Points added when a factor's value lies in `[low, high]`."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic when validating YAML
+
+    points: int
+    low: float | None = None
+    high: float | None = None
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Scorecard:
+    """Points per factor; the score is their sum, clipped to 0..100 (higher = likelier to churn)."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic when validating YAML
+
+    tenure_years: tuple[Points, ...]
+    late_payments_12m: tuple[Points, ...]
+    transactions_per_month: tuple[Points, ...]
+    no_auto_renew: int
+    medium_from: int
+    high_from: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.medium_from < self.high_from <= 100:
+            raise ValueError("need 0 < medium_from < high_from <= 100")
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """Thresholds for windows, buckets and inactivity."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic when validating YAML
+
+    renewal_windows: tuple[Band, ...]
+    dpd_buckets: tuple[Band, ...]
+    renewal_due_days: int
+    inactive_below_transactions: float
+    activity_months: int
+    scorecard: Scorecard
+
+    def __post_init__(self) -> None:
+        _check_bands("renewal_windows", self.renewal_windows)
+        _check_bands("dpd_buckets", self.dpd_buckets)
+        if self.activity_months < 1:
+            raise ValueError("activity_months must be at least 1")
+
+
+def _check_bands(name: str, bands: tuple[Band, ...]) -> None:
+    if not bands:
+        raise ValueError(f"{name} needs at least one band")
+    if bands[0].low is not None or bands[-1].high is not None:
+        raise ValueError(f"{name} must start and end open (first low and last high empty)")
+    for prev, nxt in zip(bands, bands[1:], strict=False):
+        if prev.high is None or nxt.low is None or nxt.low != prev.high + 1:
+            raise ValueError(f"{name}: {prev.label!r} and {nxt.label!r} must be contiguous")
+
+
+SEGMENTS = (
+    "arrears_severe",
+    "arrears",
+    "renewal_due_high_risk",
+    "renewal_due",
+    "lapsed",
+    "inactive",
+    "active",
+)
+
+
+def label_bands(values: pd.Series, bands: tuple[Band, ...]) -> pd.Series:
+    """Label each whole-number value with the band it falls in."""
+    conditions = []
+    for band in bands:
+        cond = pd.Series(True, index=values.index)
+        if band.low is not None:
+            cond &= values >= band.low
+        if band.high is not None:
+            cond &= values <= band.high
+        conditions.append(cond.to_numpy())
+    return pd.Series(np.select(conditions, [b.label for b in bands], default=""), index=values.index)
+
+
+def _points(values: pd.Series, table: tuple[Points, ...]) -> pd.Series:
+    conditions, choices = [], []
+    for row in table:
+        cond = pd.Series(True, index=values.index)
+        if row.low is not None:
+            cond &= values >= row.low
+        if row.high is not None:
+            cond &= values < row.high
+        conditions.append(cond.to_numpy())
+        choices.append(row.points)
+    return pd.Series(np.select(conditions, choices, default=0), index=values.index, dtype="int64")
+
+
+def _days(later: pd.Series, earlier: pd.Series | pd.Timestamp) -> pd.Series:
+    return (later - earlier).dt.days
+
+
+def customer_features(
+    customers: pd.DataFrame,
+    instalments: pd.DataFrame,
+    instalment_customer: pd.Series,
+    activity: pd.DataFrame,
+    as_of: date,
+    config: SegmentationConfig,
+) -> pd.DataFrame:
+    """Return tenure, late payments in the last 12 months and mean monthly transactions per customer."""
+    today = pd.Timestamp(as_of)
+    out = pd.DataFrame(index=pd.Index(customers["customer_key"], name="customer_key"))
+    since = pd.to_datetime(customers.set_index("customer_key")["customer_since"])
+    out["tenure_years"] = (_days(pd.Series(today, index=since.index), since) / 365.25).fillna(0.0).clip(lower=0)
+
+    inst = instalments.assign(customer_key=instalment_customer.to_numpy())
+    due = pd.to_datetime(inst["due_date"])
+    paid = pd.to_datetime(inst["paid_date"])
+    in_year = (due > today - pd.Timedelta(days=365)) & (due < today)
+    late = in_year & ((paid > due) | (paid.isna() & (due < today)))
+    late_counts = late.groupby(inst["customer_key"]).sum()
+    out["late_payments_12m"] = late_counts.reindex(out.index, fill_value=0).astype("int64")
+
+    first_month = (today.to_period("M") - config.activity_months).to_timestamp()
+    this_month = today.to_period("M").to_timestamp()
+    months = pd.to_datetime(activity["month"])
+    window = activity[(months >= first_month) & (months < this_month)]
+    totals = window.groupby("customer_key")["transactions"].sum()
+    out["transactions_per_month"] = (
+        totals.reindex(out.index, fill_value=0).astype("float64") / config.activity_months
+    ).round(2)
+    return out
+
+
+def contract_dpd(instalments: pd.DataFrame, as_of: date) -> pd.Series:
+    """Return the days past due of each contract's oldest unpaid instalment (0 when current)."""
+    today = pd.Timestamp(as_of)
+    due = pd.to_datetime(instalments["due_date"])
+    unpaid = pd.to_datetime(instalments["paid_date"]).isna() & (due < today)
+    overdue = instalments.loc[unpaid].assign(dpd=_days(pd.Series(today, index=due[unpaid].index), due[unpaid]))
+    return overdue.groupby("contract_key")["dpd"].max().astype("int64")
+
+
+def score_renewal_risk(
+    features: pd.DataFrame, auto_renew: pd.Series, card: Scorecard
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Return the 0..100 risk score, its band and the factors that made it, per row."""
+    tenure = _points(features["tenure_years"], card.tenure_years)
+    late = _points(features["late_payments_12m"].astype("float64"), card.late_payments_12m)
+    activity = _points(features["transactions_per_month"], card.transactions_per_month)
+    renew = pd.Series(np.where(auto_renew.to_numpy(dtype=bool), 0, card.no_auto_renew), index=features.index)
+    score = (tenure + late + activity + renew).clip(0, 100).astype("int64")
+    band = pd.Series(
+        np.select([score >= card.high_from, score >= card.medium_from], ["high", "medium"], default="low"),
+        index=features.index,
+    )
+    parts = pd.DataFrame(
+        {"tenure": tenure, "late_payments": late, "low_activity": activity, "no_auto_renew": renew}
+    )
+    factors = _top_factors(parts)
+    return score, band, factors
+
+
+def _top_factors(parts: pd.DataFrame) -> pd.Series:
+    names = np.array(parts.columns, dtype=object)
+    values = parts.to_numpy()
+    order = np.argsort(-values, axis=1, kind="stable")[:, :3]
+    rows = np.arange(len(parts))
+    pieces = []
+    for rank in range(order.shape[1]):
+        value = values[rows, order[:, rank]]
+        text = pd.Series(names[order[:, rank]], index=parts.index) + "+" + pd.Series(value, index=parts.index).astype(str)
+        pieces.append(text.where(value > 0, ""))
+    joined = pieces[0]
+    for piece in pieces[1:]:
+        joined = joined.str.cat(piece, sep=",")
+    return joined.str.replace(r",+$", "", regex=True).str.replace(r"^,+", "", regex=True)
+
+
+def segment_contracts(
+    contracts: pd.DataFrame,
+    customers: pd.DataFrame,
+    instalments: pd.DataFrame,
+    activity: pd.DataFrame,
+    as_of: date,
+    config: SegmentationConfig,
+) -> pd.DataFrame:
+    """Return one segment row per contract with its features, score, band and primary segment."""
+    today = pd.Timestamp(as_of)
+    contract_customer = contracts.set_index("contract_key")["customer_key"]
+    inst_customer = instalments["contract_key"].map(contract_customer)
+    feats = customer_features(customers, instalments, inst_customer, activity, as_of, config)
+
+    out = contracts[
+        ["contract_key", "customer_key", "product", "status", "term_end", "auto_renew", "price", "currency"]
+    ].copy()
+    out = out.merge(customers[["customer_key", "market"]], on="customer_key", how="left")
+    out["days_to_term_end"] = _days(pd.to_datetime(out["term_end"]), today).astype("int64")
+    out["renewal_window"] = label_bands(out["days_to_term_end"], config.renewal_windows)
+    dpd = contract_dpd(instalments, as_of)
+    out["dpd"] = out["contract_key"].map(dpd).fillna(0).astype("int64")
+    out["dpd_bucket"] = label_bands(out["dpd"], config.dpd_buckets)
+    joined = feats.reindex(out["customer_key"]).reset_index(drop=True)
+    out["tenure_years"] = joined["tenure_years"].round(2).to_numpy()
+    out["late_payments_12m"] = joined["late_payments_12m"].to_numpy()
+    out["transactions_per_month"] = joined["transactions_per_month"].to_numpy()
+    out["inactive"] = out["transactions_per_month"] < config.inactive_below_transactions
+    score, band, factors = score_renewal_risk(
+        out[["tenure_years", "late_payments_12m", "transactions_per_month"]],
+        out["auto_renew"].astype(bool),
+        config.scorecard,
+    )
+    out["risk_score"] = score.to_numpy()
+    out["risk_band"] = band.to_numpy()
+    out["risk_factors"] = factors.to_numpy()
+    out["model_version"] = SCORECARD_VERSION
+
+    days = out["days_to_term_end"]
+    in_window = (days >= 0) & (days <= config.renewal_due_days)
+    conditions = [
+        out["dpd"] >= 60,
+        out["dpd"] >= 1,
+        in_window & (out["risk_band"] == "high"),
+        in_window,
+        (days < 0) & (out["status"] == "active"),
+        out["inactive"],
+    ]
+    out["segment"] = np.select([c.to_numpy() for c in conditions], list(SEGMENTS[:-1]), default="active")
+    return out.drop(columns=["price", "currency"])

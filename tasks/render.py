@@ -1,0 +1,181 @@
+"""Render: each queued message in the customer's language, with dates and money formatted by Babel."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import date, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from jinja2 import TemplateError
+from prefect import get_run_logger, task
+from sqlalchemy import Connection
+
+from tasks._prefect import STEP
+from tasks.channels.rendering import (
+    Renderer,
+    TemplateMissing,
+    format_long_date,
+    format_money,
+    format_share,
+    label,
+)
+from tasks.domain.playbook import Playbook
+from tasks.runtime import get_runtime
+from tasks.store.repository import read_render_context, set_status, utcnow
+
+
+@lru_cache(maxsize=100_000)
+def _money(amount: float, currency: str, locale: str) -> str:
+    return format_money(amount, currency, locale)
+
+
+@lru_cache(maxsize=100_000)
+def _day(day: date, locale: str) -> str:
+    return format_long_date(day, locale)
+
+
+@lru_cache(maxsize=1_000)
+def _share(value: float, locale: str) -> str:
+    return format_share(value, locale)
+
+
+def link_token(secret: bytes, message_key: str) -> str:
+    """Return an opaque per-message token for links, so no customer data appears in URLs."""
+    return hmac.new(secret, message_key.encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def message_context(
+    row: dict[str, Any],
+    playbook: Playbook,
+    step_id: str,
+    as_of: date,
+    *,
+    company: str,
+    templates_dir: Path,
+    link_secret: bytes,
+    link_base: str,
+    unsubscribe_base: str,
+) -> dict[str, Any]:
+    """Return the template context of one message."""
+    locale = row["locale"]
+    term_end = pd.Timestamp(row["term_end"]).date()
+    step = playbook.step(step_id)
+    offer = step.offer
+    token = link_token(link_secret, row["message_key"])
+    days = (term_end - as_of).days
+    return {
+        "first_name": row["first_name"] or "",
+        "last_name": row["last_name"] or "",
+        "company": company,
+        "product_name": label(templates_dir, f"product.{row['product']}", locale),
+        "contract_ref": row["contract_key"],
+        "term_end": _day(term_end, locale),
+        "days_left": max(days, 0),
+        "days_overdue": max(-days, 0),
+        "price": _money(float(row["price"]), row["currency"], locale),
+        "renew_url": f"{link_base.rstrip('/')}/{token}",
+        "unsubscribe_url": f"{unsubscribe_base.rstrip('/')}/{token}",
+        "is_marketing": row["purpose"] == "marketing",
+        "offer_discount": _share(offer.discount, locale) if offer else "",
+        "offer_deadline": _day(term_end - timedelta(days=offer.deadline_days), locale) if offer else "",
+    }
+
+
+def render_cycle(
+    conn: Connection,
+    cycle_id: int,
+    renderer: Renderer,
+    playbook: Playbook,
+    as_of: date,
+    *,
+    company: str,
+    link_secret: bytes,
+    link_base: str,
+    unsubscribe_base: str,
+) -> dict[str, Any]:
+    """Render every queued message of the cycle and store the result; failures are kept, not sent."""
+    rows = read_render_context(conn, cycle_id)
+    out: list[dict[str, Any]] = []
+    now = utcnow()
+    fallback, failures = 0, 0
+    for row in rows.to_dict("records"):
+        try:
+            ctx = message_context(
+                row,
+                playbook,
+                row["step"],
+                as_of,
+                company=company,
+                templates_dir=renderer.templates_dir,
+                link_secret=link_secret,
+                link_base=link_base,
+                unsubscribe_base=unsubscribe_base,
+            )
+            done = renderer.render(row["channel"], row["template"], row["locale"], ctx)
+        except (TemplateMissing, TemplateError, KeyError, ValueError) as exc:
+            failures += 1
+            out.append(
+                {
+                    "message_key": row["message_key"],
+                    "status": "render_failed",
+                    "error_code": "RENDER",
+                    "error_detail": f"{type(exc).__name__}: {str(exc)[:300]}",
+                }
+            )
+            continue
+        if done.locale.split("-")[0] != str(row["locale"]).split("-")[0]:
+            fallback += 1
+        out.append(
+            {
+                "message_key": row["message_key"],
+                "status": "rendered",
+                "locale": done.locale,
+                "subject": done.subject,
+                "body": done.body,
+                "body_html": done.html,
+                "encoding": done.encoding,
+                "segments": done.segments,
+                "rendered_at": now,
+            }
+        )
+    frame = pd.DataFrame(out)
+    ok = frame.loc[frame["status"] == "rendered"] if len(frame) else frame
+    failed = frame.loc[frame["status"] == "render_failed"] if len(frame) else frame
+    set_status(conn, ok.drop(columns=[c for c in ("error_code", "error_detail") if c in ok.columns]), now)
+    set_status(conn, failed[["message_key", "status", "error_code", "error_detail"]] if len(failed) else failed, now)
+    by_channel = rows["channel"].value_counts().sort_index() if len(rows) else pd.Series(dtype="int64")
+    sms = ok.loc[ok["encoding"].notna()] if len(ok) and "encoding" in ok else pd.DataFrame()
+    return {
+        "rendered": len(ok),
+        "failed": failures,
+        "by_channel": {str(k): int(v) for k, v in by_channel.items()},
+        "by_locale": {str(k): int(v) for k, v in ok["locale"].value_counts().sort_index().items()} if len(ok) else {},
+        "language_fallbacks": fallback,
+        "sms_segments": int(sms["segments"].sum()) if len(sms) else 0,
+        "sms_by_encoding": {str(k): int(v) for k, v in sms["encoding"].value_counts().items()} if len(sms) else {},
+    }
+
+
+@task(name="render", **STEP)
+def render(cycle_id: int, playbook_id: str, as_of: date) -> dict[str, Any]:
+    """Render the cycle's queued messages."""
+    rt = get_runtime()
+    settings = rt.settings
+    with rt.engine.begin() as conn:
+        stats = render_cycle(
+            conn,
+            cycle_id,
+            rt.renderer,
+            rt.playbook(playbook_id),
+            as_of,
+            company=settings.company_name,
+            link_secret=settings.pii_hash_key.get_secret_value().encode(),
+            link_base=str(settings.renew_base_url),
+            unsubscribe_base=str(settings.unsubscribe_base_url),
+        )
+    get_run_logger().info("rendered %s messages (%s failed)", stats["rendered"], stats["failed"])
+    return stats

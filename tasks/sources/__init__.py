@@ -1,0 +1,1 @@
+"""CRM and billing connectors that deliver raw text frames, and the validation into canonical frames."""

@@ -1,0 +1,431 @@
+"""Validation: raw text frames in, canonical typed frames and quarantined rows (with reasons) out."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import phonenumbers
+from babel import Locale, UnknownLocaleError
+from babel.numbers import list_currencies
+
+from tasks.domain.contract import CONTRACT, ENTITY_ORDER, Column, Entity, EntitySpec, Kind
+from tasks.domain.markets import Market
+from tasks.domain.messaging import normalise_locale
+from tasks.sources.raw import RawFrame
+
+
+class Reason(StrEnum):
+    """Why a row was quarantined."""
+
+    MISSING_VALUE = "MISSING_VALUE"
+    BAD_KEY = "BAD_KEY"
+    BAD_CHOICE = "BAD_CHOICE"
+    BAD_DATE = "BAD_DATE"
+    BAD_BOOL = "BAD_BOOL"
+    BAD_NUMBER = "BAD_NUMBER"
+    NEGATIVE_AMOUNT = "NEGATIVE_AMOUNT"
+    ZERO_AMOUNT = "ZERO_AMOUNT"
+    BAD_EMAIL = "BAD_EMAIL"
+    BAD_PHONE = "BAD_PHONE"
+    UNKNOWN_LOCALE = "UNKNOWN_LOCALE"
+    UNKNOWN_MARKET = "UNKNOWN_MARKET"
+    BAD_CURRENCY = "BAD_CURRENCY"
+    BAD_TIMEZONE = "BAD_TIMEZONE"
+    UNSAFE_TEXT = "UNSAFE_TEXT"
+    TOO_LONG = "TOO_LONG"
+    DUPLICATE_KEY = "DUPLICATE_KEY"
+    UNKNOWN_PARENT = "UNKNOWN_PARENT"
+
+
+QUARANTINE_COLUMNS = ("entity", "source", "line", "record_key", "field", "reason", "detail", "raw")
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+_EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9\-]+)+$")
+# Markup or template syntax in a name is either an injection attempt or a data-entry accident;
+# either way it must not reach a rendered message.
+_UNSAFE = re.compile(r"[<>]|\{\{|\}\}|\{%|%\}|\{#|#\}|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f", ""}
+_MAX_TEXT = {Kind.NAME: 200, Kind.TEXT: 200, Kind.EMAIL: 320}
+_SMS_CAPABLE = {
+    phonenumbers.PhoneNumberType.MOBILE,
+    phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
+}
+
+
+@dataclass
+class Problems:
+    """Problems found in one entity, as parallel lists of row position, field, reason and detail."""
+
+    rows: list[np.ndarray]
+    fields: list[str]
+    reasons: list[Reason]
+    details: list[str]
+
+    def add(self, mask: np.ndarray | pd.Series, field: str, reason: Reason, detail: str) -> None:
+        """Record `reason` for every row where `mask` is true."""
+        positions = np.flatnonzero(np.asarray(mask, dtype=bool))
+        if len(positions):
+            self.rows.append(positions)
+            self.fields.append(field)
+            self.reasons.append(reason)
+            self.details.append(detail)
+
+    def add_each(self, positions: np.ndarray, field: str, reason: Reason, details: list[str]) -> None:
+        """Record `reason` with a row-specific detail for each position."""
+        for pos, detail in zip(positions, details, strict=True):
+            self.add_positions(np.array([pos]), field, reason, detail)
+
+    def add_positions(self, positions: np.ndarray, field: str, reason: Reason, detail: str) -> None:
+        """Record `reason` for the given row positions."""
+        if len(positions):
+            self.rows.append(positions)
+            self.fields.append(field)
+            self.reasons.append(reason)
+            self.details.append(detail)
+
+    def bad_rows(self, n: int) -> np.ndarray:
+        """Return a boolean mask of rows with at least one problem."""
+        mask = np.zeros(n, dtype=bool)
+        for positions in self.rows:
+            mask[positions] = True
+        return mask
+
+
+@lru_cache(maxsize=1)
+def _currencies() -> frozenset[str]:
+    return frozenset(list_currencies())
+
+
+@lru_cache(maxsize=1)
+def _timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+@lru_cache(maxsize=4096)
+def canonical_locale(tag: str) -> str | None:
+    """Return the normalised tag when Babel knows the locale, else None."""
+    norm = normalise_locale(tag)
+    if not norm or not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*", norm):
+        return None
+    try:
+        Locale.parse(norm, sep="-")
+    except (UnknownLocaleError, ValueError):
+        return None
+    return norm
+
+
+def normalise_phone(raw: str, region: str) -> tuple[str | None, str]:
+    """Return (E.164 number, "") for a valid SMS-capable number, else (None, why)."""
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        return None, f"not a phone number (region {region})"
+    if not phonenumbers.is_valid_number(number):
+        return None, f"not a valid number for its country (region {region})"
+    if phonenumbers.number_type(number) not in _SMS_CAPABLE:
+        return None, "not a mobile number (cannot receive SMS)"
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), ""
+
+
+def _row_hash(frame: pd.DataFrame) -> pd.Series:
+    hashed = pd.util.hash_pandas_object(frame, index=False)
+    return hashed.map(lambda v: f"{int(v):016x}")
+
+
+def _parse_column(
+    col: Column,
+    raw: pd.Series,
+    problems: Problems,
+    markets: Mapping[str, Market],
+    regions: pd.Series | None,
+) -> pd.Series:
+    """Return the parsed column, recording a problem for each value that does not fit its kind."""
+    raw = raw.astype("object")
+    empty = raw == ""
+    if col.required:
+        problems.add(empty, col.name, Reason.MISSING_VALUE, f"{col.name} is required")
+    present = ~empty
+    kind = col.kind
+    if kind is Kind.KEY:
+        bad = present & ~raw.str.match(_KEY)
+        problems.add(bad, col.name, Reason.BAD_KEY, "keys are 1-64 letters, digits, '_', '.', ':' or '-'")
+        return raw.where(present, None)
+    if kind in (Kind.TEXT, Kind.NAME):
+        limit = _MAX_TEXT[kind]
+        problems.add(present & (raw.str.len() > limit), col.name, Reason.TOO_LONG, f"longer than {limit}")
+        if kind is Kind.NAME:
+            unsafe = present & raw.str.contains(_UNSAFE)
+            problems.add(unsafe, col.name, Reason.UNSAFE_TEXT, "contains markup or template syntax")
+        return raw.where(present, None)
+    if kind is Kind.CHOICE:
+        value = raw.str.lower()
+        if col.default is not None:
+            value = value.mask(~present, col.default)
+        bad = (value != "") & ~value.isin(col.choices)
+        problems.add(bad, col.name, Reason.BAD_CHOICE, f"must be one of {', '.join(col.choices)}")
+        return value.where(value != "", None)
+    if kind in (Kind.DATE, Kind.DATETIME, Kind.MONTH):
+        if kind is Kind.DATE:
+            parsed = pd.to_datetime(raw.where(present), format="%Y-%m-%d", errors="coerce")
+            expected = "YYYY-MM-DD"
+        elif kind is Kind.MONTH:
+            parsed = pd.to_datetime(raw.where(present), format="%Y-%m", errors="coerce")
+            expected = "YYYY-MM"
+        else:
+            parsed = pd.to_datetime(raw.where(present), format="ISO8601", errors="coerce", utc=True)
+            expected = "ISO 8601 date-time"
+        problems.add(present & parsed.isna(), col.name, Reason.BAD_DATE, f"not a date ({expected})")
+        return parsed
+    if kind is Kind.BOOL:
+        lowered = raw.str.lower()
+        if col.default is not None:
+            lowered = lowered.mask(~present, col.default)
+        bad = ~lowered.isin(_TRUE | _FALSE)
+        problems.add(bad, col.name, Reason.BAD_BOOL, "must be true or false")
+        return lowered.isin(_TRUE)
+    if kind in (Kind.DECIMAL, Kind.INT):
+        number = pd.to_numeric(raw.where(present), errors="coerce")
+        bad = present & number.isna()
+        if kind is Kind.INT:
+            bad |= present & number.notna() & (number % 1 != 0)
+        problems.add(bad, col.name, Reason.BAD_NUMBER, "not a number" if kind is Kind.DECIMAL else "not a whole number")
+        if col.non_negative or col.positive:
+            problems.add(number < 0, col.name, Reason.NEGATIVE_AMOUNT, "must not be negative")
+        if col.positive:
+            problems.add(number == 0, col.name, Reason.ZERO_AMOUNT, "must be greater than zero")
+        if kind is Kind.DECIMAL:
+            return number.round(2)
+        return number.where(number % 1 == 0).astype("Int64")
+    if kind is Kind.EMAIL:
+        value = raw.str.strip()
+        problems.add(present & ~value.str.match(_EMAIL), col.name, Reason.BAD_EMAIL, "not an email address")
+        problems.add(present & (value.str.len() > 320), col.name, Reason.TOO_LONG, "longer than 320")
+        local_domain = value.str.rsplit("@", n=1, expand=True)
+        if local_domain.shape[1] == 2:
+            value = (local_domain[0] + "@" + local_domain[1].str.lower()).where(present, None)
+        return value.where(present, None)
+    if kind is Kind.PHONE:
+        out = pd.Series(None, index=raw.index, dtype="object")
+        bad_pos, bad_details = [], []
+        region_values = regions if regions is not None else pd.Series("", index=raw.index)
+        for pos, (value, region) in enumerate(zip(raw.to_numpy(), region_values.to_numpy(), strict=True)):
+            if not value:
+                continue
+            e164, why = normalise_phone(value, region or "ZZ")
+            if e164 is None:
+                bad_pos.append(pos)
+                bad_details.append(why)
+            else:
+                out.iat[pos] = e164
+        for why in sorted(set(bad_details)):
+            positions = np.array([p for p, d in zip(bad_pos, bad_details, strict=True) if d == why], dtype=int)
+            problems.add_positions(positions, col.name, Reason.BAD_PHONE, why)
+        return out
+    if kind is Kind.LOCALE:
+        uniques = {v: canonical_locale(v) for v in raw[present].unique()}
+        value = raw.map(uniques)
+        problems.add(present & value.isna(), col.name, Reason.UNKNOWN_LOCALE, "not a known BCP 47 locale")
+        return value
+    if kind is Kind.MARKET:
+        value = raw.str.upper()
+        problems.add(
+            present & ~value.isin(list(markets)),
+            col.name,
+            Reason.UNKNOWN_MARKET,
+            f"not a configured market ({', '.join(sorted(markets))})",
+        )
+        return value.where(present, None)
+    if kind is Kind.CURRENCY:
+        value = raw.str.upper()
+        problems.add(present & ~value.isin(_currencies()), col.name, Reason.BAD_CURRENCY, "not an ISO 4217 code")
+        return value.where(present, None)
+    if kind is Kind.TIMEZONE:
+        problems.add(present & ~raw.isin(_timezones()), col.name, Reason.BAD_TIMEZONE, "not an IANA time zone")
+        return raw.where(present, None)
+    raise AssertionError(f"unhandled kind {kind}")
+
+
+def _duplicates(raw: RawFrame, spec: EntitySpec, problems: Problems) -> None:
+    """Quarantine repeated keys: later identical copies, or every copy when the copies disagree."""
+    key = list(spec.key)
+    frame = raw.frame
+    if any(k not in frame.columns for k in key):
+        return
+    keyed = frame[key].apply(tuple, axis=1) if len(key) > 1 else frame[key[0]]
+    has_key = (frame[key] != "").all(axis=1)
+    dup = keyed.duplicated(keep=False) & has_key
+    if not dup.any():
+        return
+    content = _row_hash(frame)
+    groups = pd.DataFrame({"k": keyed[dup], "h": content[dup], "line": raw.lines[dup]})
+    for _k, group in groups.groupby("k", sort=False):
+        first_line = int(group["line"].iloc[0])
+        positions = group.index.to_numpy()
+        if group["h"].nunique() == 1:
+            problems.add_positions(
+                positions[1:], spec.key[-1], Reason.DUPLICATE_KEY, f"identical copy of {raw.line_label} {first_line}"
+            )
+        else:
+            lines = ", ".join(str(int(v)) for v in group["line"])
+            problems.add_positions(
+                positions, spec.key[-1], Reason.DUPLICATE_KEY, f"conflicting rows at {raw.line_label}s {lines}"
+            )
+
+
+@dataclass(frozen=True)
+class Validated:
+    """The outcome of validating one entity."""
+
+    entity: Entity
+    clean: pd.DataFrame
+    quarantine: pd.DataFrame
+    rows_read: int
+
+
+def validate_entity(
+    raw: RawFrame,
+    markets: Mapping[str, Market],
+    parent_keys: pd.Index | None = None,
+    parent_regions: Mapping[str, str] | None = None,
+) -> Validated:
+    """Validate one entity; rows with any problem are quarantined whole, with one entry per problem."""
+    spec = CONTRACT[raw.entity]
+    frame = raw.frame.reset_index(drop=True)
+    problems = Problems([], [], [], [])
+    _duplicates(RawFrame(raw.entity, raw.source, frame, raw.lines.reset_index(drop=True), raw.line_label), spec, problems)
+
+    regions = None
+    if "market" in frame.columns:
+        regions = frame["market"].str.upper().map({c: m.phone_region for c, m in markets.items()}).fillna("")
+    elif parent_regions is not None and "customer_key" in frame.columns:
+        regions = frame["customer_key"].map(parent_regions).fillna("")
+
+    parsed: dict[str, pd.Series] = {}
+    for col in spec.columns:
+        source = frame[col.name] if col.name in frame.columns else pd.Series("", index=frame.index)
+        parsed[col.name] = _parse_column(col, source, problems, markets, regions)
+
+    if spec.parent is not None and parent_keys is not None:
+        _, fk = spec.parent
+        orphan = parsed[fk].notna() & ~parsed[fk].isin(parent_keys)
+        problems.add(orphan, fk, Reason.UNKNOWN_PARENT, f"no valid {spec.parent[0].value} row with this {fk}")
+
+    clean = pd.DataFrame(parsed)
+    if raw.entity is Entity.CUSTOMERS:
+        zones = clean["market"].map({c: m.timezone for c, m in markets.items()})
+        clean["timezone"] = clean["timezone"].fillna(zones)
+    bad = problems.bad_rows(len(frame))
+    clean = clean.loc[~bad].reset_index(drop=True)
+    clean["row_hash"] = _row_hash(frame.loc[~bad]).to_numpy()
+    return Validated(raw.entity, clean, _quarantine_frame(raw, frame, spec, problems), len(frame))
+
+
+def _quarantine_frame(raw: RawFrame, frame: pd.DataFrame, spec: EntitySpec, problems: Problems) -> pd.DataFrame:
+    if not problems.rows:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in QUARANTINE_COLUMNS})
+    parts = []
+    lines = raw.lines.reset_index(drop=True).to_numpy()
+    key_values = frame[list(spec.key)].astype(str).agg("|".join, axis=1).to_numpy()
+    for positions, field, reason, detail in zip(
+        problems.rows, problems.fields, problems.reasons, problems.details, strict=True
+    ):
+        parts.append(
+            pd.DataFrame(
+                {
+                    "position": positions,
+                    "line": lines[positions],
+                    "record_key": key_values[positions],
+                    "field": field,
+                    "reason": reason.value,
+                    "detail": detail,
+                }
+            )
+        )
+    out = pd.concat(parts, ignore_index=True).sort_values(["line", "field"], kind="stable")
+    records = frame.to_dict("records")
+    out["raw"] = [records[p] for p in out["position"]]
+    out["entity"] = raw.entity.value
+    out["source"] = raw.source
+    out["line"] = out["line"].astype("int64")
+    return out[list(QUARANTINE_COLUMNS)].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Canonical frames for every entity, the quarantine and the per-entity counts."""
+
+    clean: dict[Entity, pd.DataFrame]
+    quarantine: pd.DataFrame
+    rows_read: dict[Entity, int]
+
+    @property
+    def quarantined_rows(self) -> dict[str, int]:
+        """Return how many distinct rows were quarantined per entity."""
+        if self.quarantine.empty:
+            return {}
+        distinct = self.quarantine.drop_duplicates(["entity", "source", "line"])
+        return {str(k): int(v) for k, v in distinct.groupby("entity").size().items()}
+
+    @property
+    def problems_by_reason(self) -> dict[str, int]:
+        """Return how many problems of each reason were found."""
+        if self.quarantine.empty:
+            return {}
+        return {str(k): int(v) for k, v in self.quarantine.groupby("reason").size().items()}
+
+
+def validate_all(
+    raws: Mapping[Entity, RawFrame],
+    markets: Mapping[str, Market],
+    known_keys: Callable[[Entity], pd.Index] | None = None,
+) -> ValidationResult:
+    """Validate every entity in dependency order so children of quarantined parents are caught too.
+
+    `known_keys(entity)` returns keys already in the store, which also count as valid parents.
+    """
+    clean: dict[Entity, pd.DataFrame] = {}
+    quarantined: list[pd.DataFrame] = []
+    rows_read: dict[Entity, int] = {}
+    regions: dict[str, str] = {}
+    for entity in ENTITY_ORDER:
+        spec = CONTRACT[entity]
+        parent_keys = None
+        if spec.parent is not None:
+            parent_entity, _ = spec.parent
+            parent_key = CONTRACT[parent_entity].key[0]
+            parent_keys = pd.Index(clean[parent_entity][parent_key])
+            if known_keys is not None:
+                parent_keys = parent_keys.union(known_keys(parent_entity))
+        result = validate_entity(raws[entity], markets, parent_keys, regions or None)
+        clean[entity] = result.clean
+        quarantined.append(result.quarantine)
+        rows_read[entity] = result.rows_read
+        if entity is Entity.CUSTOMERS:
+            regions = dict(
+                zip(
+                    result.clean["customer_key"],
+                    result.clean["market"].map({c: m.phone_region for c, m in markets.items()}),
+                    strict=True,
+                )
+            )
+    non_empty = [q for q in quarantined if not q.empty]
+    quarantine = (
+        pd.concat(non_empty, ignore_index=True)
+        if non_empty
+        else pd.DataFrame({c: pd.Series(dtype="object") for c in QUARANTINE_COLUMNS})
+    )
+    return ValidationResult(clean, quarantine, rows_read)
+
+
+def stable_hash(value: str) -> str:
+    """Return a short stable hex digest of `value`."""
+    return hashlib.blake2b(value.encode(), digest_size=8).hexdigest()

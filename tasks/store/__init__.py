@@ -1,0 +1,1 @@
+"""The database adapter: schema, engine, bulk paths and queries (SQLite and PostgreSQL)."""

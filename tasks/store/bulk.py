@@ -1,0 +1,233 @@
+"""Bulk paths: COPY on PostgreSQL, executemany on SQLite; never row-by-row ORM inserts."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Connection,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    Numeric,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    update,
+)
+
+
+@dataclass(frozen=True)
+class SyncStats:
+    """What a sync did to a table."""
+
+    inserted: int
+    updated: int
+    unchanged: int
+
+
+def _is_pg(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def _typed(df: pd.DataFrame, table: Table) -> pd.DataFrame:
+    """Coerce frame columns to the Python/pandas types the table's columns expect."""
+    out = pd.DataFrame(index=df.index)
+    for name in df.columns:
+        col_type = table.c[name].type
+        series = df[name]
+        if isinstance(col_type, DateTime):
+            out[name] = pd.to_datetime(series, utc=True)
+        elif isinstance(col_type, Date):
+            out[name] = pd.to_datetime(series).dt.date.astype("object")
+        elif isinstance(col_type, Boolean):
+            out[name] = series.astype("boolean")
+        elif isinstance(col_type, JSON):
+            out[name] = series.map(lambda v: None if v is None else json.dumps(v, default=str))
+        elif isinstance(col_type, (Integer, Numeric, Float)):
+            out[name] = pd.to_numeric(series)
+        else:
+            out[name] = series.astype("object")
+    return out
+
+
+def _records(df: pd.DataFrame, table: Table) -> list[dict[str, Any]]:
+    typed = _typed(df, table)
+    json_cols = [n for n in df.columns if isinstance(table.c[n].type, JSON)]
+    for name in json_cols:
+        typed[name] = df[name]
+    for name in typed.columns:
+        if isinstance(table.c[name].type, DateTime):
+            typed[name] = typed[name].astype("object")
+    obj = typed.astype("object").where(typed.notna(), None)
+    return obj.to_dict("records")  # type: ignore[return-value]
+
+
+def _csv_payload(df: pd.DataFrame, table: Table) -> bytes:
+    typed = _typed(df, table)
+    buf = io.StringIO()
+    typed.to_csv(buf, index=False, header=False, na_rep="", date_format="%Y-%m-%d %H:%M:%S.%f%z")
+    return buf.getvalue().encode("utf-8")
+
+
+def _copy_in(conn: Connection, target: str, columns: list[str], payload: bytes) -> None:
+    raw = conn.connection.driver_connection
+    cols = ", ".join(f'"{c}"' for c in columns)
+    with raw.cursor() as cur, cur.copy(f"COPY {target} ({cols}) FROM STDIN WITH (FORMAT csv)") as copy:  # type: ignore[union-attr]
+        for start in range(0, len(payload), 8 << 20):
+            copy.write(payload[start : start + (8 << 20)])
+
+
+def insert_frame(conn: Connection, table: Table, df: pd.DataFrame) -> int:
+    """Insert every row of `df` into `table` in one bulk operation; return the row count."""
+    if df.empty:
+        return 0
+    if _is_pg(conn):
+        _copy_in(conn, f'"{table.name}"', list(df.columns), _csv_payload(df, table))
+    else:
+        conn.execute(table.insert(), _records(df, table))
+    return len(df)
+
+
+def insert_new(conn: Connection, table: Table, df: pd.DataFrame, key: list[str]) -> int:
+    """Insert the rows of `df` whose key is not in `table` yet; return how many were new."""
+    if df.empty:
+        return 0
+    if _is_pg(conn):
+        tmp = _stage(conn, table, df)
+        cols = ", ".join(f'"{c}"' for c in df.columns)
+        keys = ", ".join(f'"{k}"' for k in key)
+        result = conn.exec_driver_sql(
+            f'INSERT INTO "{table.name}" ({cols}) SELECT {cols} FROM {tmp} ON CONFLICT ({keys}) DO NOTHING'
+        )
+        return int(result.rowcount)
+    stmt = table.insert().prefix_with("OR IGNORE")
+    result = conn.execute(stmt, _records(df, table))
+    return int(result.rowcount)
+
+
+def _stage(conn: Connection, table: Table, df: pd.DataFrame) -> str:
+    """Copy `df` into a temporary table shaped like `table` and return its name."""
+    tmp = f"tmp_{table.name}_{uuid.uuid4().hex[:8]}"
+    conn.exec_driver_sql(
+        f'CREATE TEMP TABLE {tmp} (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP'
+    )
+    _copy_in(conn, tmp, list(df.columns), _csv_payload(df, table))
+    return tmp
+
+
+def update_frame(
+    conn: Connection,
+    table: Table,
+    df: pd.DataFrame,
+    key: list[str],
+    only_where_null: str | None = None,
+) -> int:
+    """Update `table` from `df`, matching rows on `key`; return how many rows changed.
+
+    With `only_where_null`, rows whose column of that name is set are left alone (e.g. erased_at).
+    """
+    if df.empty:
+        return 0
+    values = [c for c in df.columns if c not in key]
+    if _is_pg(conn):
+        tmp = _stage(conn, table, df)
+        sets = ", ".join(f'"{c}" = s."{c}"' for c in values)
+        match = " AND ".join(f't."{k}" = s."{k}"' for k in key)
+        extra = f' AND t."{only_where_null}" IS NULL' if only_where_null else ""
+        result = conn.exec_driver_sql(
+            f'UPDATE "{table.name}" AS t SET {sets} FROM {tmp} AS s WHERE {match}{extra}'
+        )
+        return int(result.rowcount)
+    cond = and_(*(table.c[k] == bindparam(f"k_{k}") for k in key))
+    if only_where_null:
+        cond = and_(cond, table.c[only_where_null].is_(None))
+    stmt = update(table).where(cond).values({c: bindparam(f"v_{c}") for c in values})
+    rows = [
+        {**{f"k_{k}": r[k] for k in key}, **{f"v_{c}": r[c] for c in values}} for r in _records(df, table)
+    ]
+    result = conn.execute(stmt, rows)
+    return int(result.rowcount)
+
+
+def sync_frame(
+    conn: Connection,
+    table: Table,
+    df: pd.DataFrame,
+    key: list[str],
+    only_where_null: str | None = None,
+) -> SyncStats:
+    """Make `table` hold `df`'s rows: insert new keys, update rows whose row_hash changed.
+
+    With `only_where_null`, existing rows whose column of that name is set are never updated.
+    """
+    if df.empty:
+        return SyncStats(0, 0, 0)
+    existing = read_frame(conn, _select_keys(table, key))
+    merged = df[key + ["row_hash"]].merge(existing, on=key, how="left", suffixes=("", "_old"), indicator=True)
+    is_new = (merged["_merge"] == "left_only").to_numpy()
+    changed = (~is_new) & (merged["row_hash"].to_numpy() != merged["row_hash_old"].to_numpy())
+    inserted = insert_frame(conn, table, df.loc[is_new])
+    updated = update_frame(conn, table, df.loc[changed], key, only_where_null=only_where_null)
+    return SyncStats(inserted, updated, len(df) - inserted - updated)
+
+
+def _select_keys(table: Table, key: list[str]) -> Select[Any]:
+    from sqlalchemy import select
+
+    return select(*(table.c[k] for k in key), table.c.row_hash)
+
+
+def read_frame(conn: Connection, stmt: Select[Any]) -> pd.DataFrame:
+    """Run a SELECT and return a typed DataFrame (COPY TO STDOUT on PostgreSQL)."""
+    columns = list(stmt.selected_columns)
+    names = [c.key for c in columns]
+    if _is_pg(conn):
+        sql = str(stmt.compile(conn, compile_kwargs={"literal_binds": True}))
+        raw = conn.connection.driver_connection
+        buf = io.BytesIO()
+        with raw.cursor() as cur, cur.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)") as copy:  # type: ignore[union-attr]
+            for chunk in copy:
+                buf.write(chunk)
+        buf.seek(0)
+        if buf.getbuffer().nbytes == 0:
+            frame = pd.DataFrame({n: pd.Series(dtype="object") for n in names})
+        else:
+            frame = pd.read_csv(
+                buf, header=None, names=names, dtype=str, keep_default_na=False, na_values=[""]
+            )
+    else:
+        result = conn.execute(stmt)
+        frame = pd.DataFrame(result.fetchall(), columns=names)
+    return _coerce(frame, columns)
+
+
+def _coerce(frame: pd.DataFrame, columns: list[Any]) -> pd.DataFrame:
+    for col in columns:
+        name, col_type = col.key, col.type
+        series = frame[name]
+        if isinstance(col_type, DateTime):
+            frame[name] = pd.to_datetime(series, utc=True, format="mixed")
+        elif isinstance(col_type, Date):
+            frame[name] = pd.to_datetime(series).astype("datetime64[ns]")
+        elif isinstance(col_type, Boolean):
+            frame[name] = series.map({"t": True, "f": False, True: True, False: False, 1: True, 0: False})
+            frame[name] = frame[name].astype("boolean")
+        elif isinstance(col_type, Integer):
+            frame[name] = pd.to_numeric(series).astype("Int64")
+        elif isinstance(col_type, (Numeric, Float)):
+            frame[name] = pd.to_numeric(series).astype("float64")
+        elif isinstance(col_type, JSON):
+            frame[name] = series.map(lambda v: json.loads(v) if isinstance(v, str) else v)
+        else:
+            frame[name] = series.astype("object").where(series.notna(), None)
+    return frame

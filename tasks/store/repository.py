@@ -1,0 +1,488 @@
+"""Queries and bulk writes the pipeline steps need; every per-customer path is a batch."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, and_, func, insert, select, update
+
+from tasks.domain.contract import CONTRACT, Entity
+from tasks.store import schema as s
+from tasks.store.bulk import SyncStats, insert_frame, insert_new, read_frame, sync_frame, update_frame
+
+ENTITY_TABLES = {
+    Entity.CUSTOMERS: s.customers,
+    Entity.CONTRACTS: s.contracts,
+    Entity.INSTALMENTS: s.instalments,
+    Entity.ACTIVITY: s.activity,
+    Entity.CONSENTS: s.consents,
+}
+
+
+def utcnow() -> datetime:
+    """Return the current time in UTC."""
+    return datetime.now(UTC)
+
+
+def audit(
+    conn: Connection,
+    action: str,
+    *,
+    actor: str = "renewals",
+    cycle_id: int | None = None,
+    subject_type: str | None = None,
+    subject_key: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append one entry to the audit log."""
+    conn.execute(
+        insert(s.audit_log).values(
+            at=utcnow(),
+            actor=actor,
+            action=action,
+            cycle_id=cycle_id,
+            subject_type=subject_type,
+            subject_key=subject_key,
+            details=details or {},
+        )
+    )
+
+
+def known_keys(conn: Connection, entity: Entity) -> pd.Index:
+    """Return the keys of `entity` already in the store."""
+    table = ENTITY_TABLES[entity]
+    key = CONTRACT[entity].key[0]
+    frame = read_frame(conn, select(table.c[key]))
+    return pd.Index(frame[key].dropna().astype(str).unique())
+
+
+# --- load -----------------------------------------------------------------------------------------
+
+
+def _with_loaded_at(frame: pd.DataFrame, now: datetime) -> pd.DataFrame:
+    return frame.assign(loaded_at=now)
+
+
+def sync_customers(conn: Connection, frame: pd.DataFrame, now: datetime) -> SyncStats:
+    """Upsert customers; erased customers are never restored by a re-import."""
+    df = frame.rename(columns={"phone": "phone_e164"})
+    return sync_frame(conn, s.customers, _with_loaded_at(df, now), ["customer_key"], only_where_null="erased_at")
+
+
+def sync_entity(conn: Connection, entity: Entity, frame: pd.DataFrame, now: datetime) -> SyncStats:
+    """Upsert contracts, instalments or activity by key and row hash."""
+    table = ENTITY_TABLES[entity]
+    return sync_frame(conn, table, _with_loaded_at(frame, now), list(CONTRACT[entity].key))
+
+
+def append_consents(conn: Connection, frame: pd.DataFrame, controller: str, now: datetime) -> SyncStats:
+    """Add CRM consent records that differ from the last CRM import of the same key; keep history."""
+    if frame.empty:
+        return SyncStats(0, 0, 0)
+    df = frame.copy()
+    df["controller"] = df["controller"].fillna("").replace("", controller)
+    df["lawful_basis"] = df["lawful_basis"].fillna("consent")
+    key = ["customer_key", "channel", "purpose", "controller"]
+    last = read_frame(
+        conn,
+        select(*(s.consents.c[k] for k in key), s.consents.c.row_hash, s.consents.c.consent_id).where(
+            s.consents.c.origin == "crm"
+        ),
+    )
+    if not last.empty:
+        last = last.sort_values("consent_id").drop_duplicates(key, keep="last")[key + ["row_hash"]]
+    merged = df.merge(last, on=key, how="left", suffixes=("", "_last"))
+    fresh = merged["row_hash_last"].isna() if "row_hash_last" in merged else pd.Series(True, index=merged.index)
+    changed = ~fresh & (merged["row_hash"] != merged.get("row_hash_last"))
+    new_rows = df.loc[(fresh | changed).to_numpy()].assign(origin="crm", recorded_at=now)
+    insert_frame(conn, s.consents, new_rows)
+    return SyncStats(int(fresh.sum()), int(changed.sum()), len(df) - int(fresh.sum()) - int(changed.sum()))
+
+
+def insert_quarantine(conn: Connection, frame: pd.DataFrame, cycle_id: int, now: datetime) -> int:
+    """Store quarantined rows with their file, line, field and reason."""
+    if frame.empty:
+        return 0
+    return insert_frame(conn, s.quarantine, frame.assign(cycle_id=cycle_id, created_at=now))
+
+
+# --- cycles ---------------------------------------------------------------------------------------
+
+
+def create_cycle(
+    conn: Connection,
+    *,
+    as_of: date,
+    markets: Sequence[str],
+    playbook: str,
+    playbook_version: int,
+    dry_run: bool,
+    flow_run_id: str | None,
+) -> int:
+    """Open a cycle row and return its id."""
+    result = conn.execute(
+        insert(s.cycles)
+        .values(
+            flow_run_id=flow_run_id,
+            as_of=as_of,
+            markets=",".join(markets),
+            playbook=playbook,
+            playbook_version=playbook_version,
+            dry_run=dry_run,
+            status="running",
+            started_at=utcnow(),
+        )
+        .returning(s.cycles.c.cycle_id)
+    )
+    return int(result.scalar_one())
+
+
+def finish_cycle(conn: Connection, cycle_id: int, status: str, summary: dict[str, Any]) -> None:
+    """Close a cycle with its final status and summary."""
+    conn.execute(
+        update(s.cycles)
+        .where(s.cycles.c.cycle_id == cycle_id)
+        .values(status=status, finished_at=utcnow(), summary=summary)
+    )
+
+
+def cycle_row(conn: Connection, cycle_id: int) -> dict[str, Any]:
+    """Return one cycle as a dict."""
+    row = conn.execute(select(s.cycles).where(s.cycles.c.cycle_id == cycle_id)).mappings().one()
+    return dict(row)
+
+
+# --- segment --------------------------------------------------------------------------------------
+
+
+def read_segment_inputs(conn: Connection, markets: Sequence[str]) -> dict[Entity, pd.DataFrame]:
+    """Return customers, contracts, instalments and activity of the given markets."""
+    cust = s.customers
+    customers = read_frame(
+        conn,
+        select(cust.c.customer_key, cust.c.market, cust.c.customer_since).where(
+            cust.c.market.in_(list(markets)), cust.c.erased_at.is_(None)
+        ),
+    )
+    in_markets = select(cust.c.customer_key).where(cust.c.market.in_(list(markets)))
+    ct = s.contracts
+    contracts = read_frame(
+        conn,
+        select(
+            ct.c.contract_key,
+            ct.c.customer_key,
+            ct.c.product,
+            ct.c.status,
+            ct.c.term_end,
+            ct.c.auto_renew,
+            ct.c.price,
+            ct.c.currency,
+        ).where(ct.c.customer_key.in_(in_markets)),
+    )
+    contracts = contracts[contracts["customer_key"].isin(customers["customer_key"])].reset_index(drop=True)
+    inst = s.instalments
+    instalments = read_frame(
+        conn,
+        select(inst.c.instalment_key, inst.c.contract_key, inst.c.due_date, inst.c.paid_date).where(
+            inst.c.contract_key.in_(select(ct.c.contract_key).where(ct.c.customer_key.in_(in_markets)))
+        ),
+    )
+    act = s.activity
+    activity = read_frame(
+        conn,
+        select(act.c.customer_key, act.c.month, act.c.transactions).where(act.c.customer_key.in_(in_markets)),
+    )
+    return {
+        Entity.CUSTOMERS: customers,
+        Entity.CONTRACTS: contracts,
+        Entity.INSTALMENTS: instalments,
+        Entity.ACTIVITY: activity,
+    }
+
+
+SEGMENT_COLUMNS = [c.name for c in s.segment_assignments.columns]
+
+
+def write_segments(conn: Connection, cycle_id: int, frame: pd.DataFrame) -> int:
+    """Store the cycle's segment rows."""
+    df = frame.assign(cycle_id=cycle_id)
+    return insert_frame(conn, s.segment_assignments, df[SEGMENT_COLUMNS])
+
+
+def read_segments(conn: Connection, cycle_id: int) -> pd.DataFrame:
+    """Return the cycle's segment rows joined with the contract fields planning needs."""
+    sa_, ct = s.segment_assignments, s.contracts
+    stmt = (
+        select(
+            sa_.c.contract_key,
+            sa_.c.customer_key,
+            sa_.c.market,
+            sa_.c.product,
+            sa_.c.segment,
+            sa_.c.risk_band,
+            ct.c.status,
+            ct.c.term_end,
+            ct.c.auto_renew,
+        )
+        .join(ct, ct.c.contract_key == sa_.c.contract_key)
+        .where(sa_.c.cycle_id == cycle_id)
+    )
+    return read_frame(conn, stmt)
+
+
+# --- plan and gate --------------------------------------------------------------------------------
+
+
+def existing_message_keys(conn: Connection, keys: Iterable[str]) -> set[str]:
+    """Return which of `keys` already have a message row (planned by an earlier run)."""
+    wanted = list(keys)
+    found: set[str] = set()
+    for start in range(0, len(wanted), 5000):
+        chunk = wanted[start : start + 5000]
+        rows = conn.execute(select(s.messages.c.message_key).where(s.messages.c.message_key.in_(chunk)))
+        found.update(r[0] for r in rows)
+    return found
+
+
+def insert_holdouts(conn: Connection, cycle_id: int, frame: pd.DataFrame, playbook: str) -> int:
+    """Record the control-group contracts that would have got a step today; return how many were new."""
+    if frame.empty:
+        return 0
+    df = frame[["contract_key", "customer_key", "step", "anchor_date"]].assign(cycle_id=cycle_id, playbook=playbook)
+    return insert_frame(conn, s.holdouts, df)
+
+
+def insert_messages(conn: Connection, frame: pd.DataFrame) -> int:
+    """Insert planned messages; rows whose idempotency key exists already are skipped."""
+    return insert_new(conn, s.messages, frame, ["message_key"])
+
+
+def insert_decisions(conn: Connection, frame: pd.DataFrame) -> int:
+    """Append gate decisions."""
+    return insert_frame(conn, s.decisions, frame)
+
+
+def pii_hash(key: bytes, kind: str, value: str) -> str:
+    """Return the keyed hash of a normalised identifier (email lower-cased, phone E.164)."""
+    norm = value.strip().lower() if kind == "email" else value.strip()
+    return hmac.new(key, f"{kind}:{norm}".encode(), hashlib.sha256).hexdigest()
+
+
+def read_contacts(conn: Connection, customer_keys: Sequence[str], hash_key: bytes) -> pd.DataFrame:
+    """Return, per customer, whether an email and phone exist and whether they are erased or suppressed."""
+    cust = s.customers
+    frames = []
+    keys = list(dict.fromkeys(customer_keys))
+    for start in range(0, len(keys), 20000):
+        chunk = keys[start : start + 20000]
+        frames.append(
+            read_frame(
+                conn,
+                select(cust.c.customer_key, cust.c.email, cust.c.phone_e164, cust.c.erased_at).where(
+                    cust.c.customer_key.in_(chunk)
+                ),
+            )
+        )
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if df.empty:
+        return pd.DataFrame(columns=["customer_key", "has_email", "has_phone", "erased", "suppressed"])
+    suppressed_hashes = set(
+        read_frame(conn, select(s.suppressions.c.identifier_hash).where(s.suppressions.c.scope == "all"))[
+            "identifier_hash"
+        ]
+    )
+    email_hit = df["email"].map(lambda v: v is not None and pii_hash(hash_key, "email", v) in suppressed_hashes)
+    phone_hit = df["phone_e164"].map(
+        lambda v: v is not None and pii_hash(hash_key, "phone", v) in suppressed_hashes
+    )
+    return pd.DataFrame(
+        {
+            "customer_key": df["customer_key"],
+            "has_email": df["email"].notna(),
+            "has_phone": df["phone_e164"].notna(),
+            "erased": df["erased_at"].notna(),
+            "suppressed": (email_hit | phone_hit).astype(bool),
+        }
+    )
+
+
+def read_consents(conn: Connection, customer_keys: Sequence[str]) -> pd.DataFrame:
+    """Return every consent record of the given customers (history included)."""
+    c = s.consents
+    keys = list(dict.fromkeys(customer_keys))
+    frames = []
+    for start in range(0, len(keys), 20000):
+        chunk = keys[start : start + 20000]
+        frames.append(
+            read_frame(
+                conn,
+                select(
+                    c.c.consent_id,
+                    c.c.customer_key,
+                    c.c.channel,
+                    c.c.purpose,
+                    c.c.status,
+                    c.c.lawful_basis,
+                    c.c.captured_at,
+                    c.c.withdrawn_at,
+                ).where(c.c.customer_key.in_(chunk)),
+            )
+        )
+    if not frames:
+        return pd.DataFrame(
+            columns=["consent_id", "customer_key", "channel", "purpose", "status", "captured_at", "withdrawn_at"]
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_messages(conn: Connection, cycle_id: int, statuses: Sequence[str]) -> pd.DataFrame:
+    """Return the cycle's messages in the given statuses."""
+    m = s.messages
+    stmt = select(
+        m.c.message_key,
+        m.c.customer_key,
+        m.c.contract_key,
+        m.c.market,
+        m.c.step,
+        m.c.channel,
+        m.c.rank,
+        m.c.send_rule,
+        m.c.template,
+        m.c.purpose,
+        m.c.anchor_date,
+        m.c.status,
+    ).where(m.c.cycle_id == cycle_id, m.c.status.in_(list(statuses)))
+    return read_frame(conn, stmt)
+
+
+def set_status(conn: Connection, frame: pd.DataFrame, now: datetime) -> int:
+    """Set message status (and any other given columns) from a frame keyed by message_key."""
+    if frame.empty:
+        return 0
+    return update_frame(conn, s.messages, frame.assign(updated_at=now), ["message_key"])
+
+
+# --- render ---------------------------------------------------------------------------------------
+
+
+def read_render_context(conn: Connection, cycle_id: int) -> pd.DataFrame:
+    """Return the queued messages of a cycle with the customer and contract fields templates use."""
+    m, cust, ct = s.messages, s.customers, s.contracts
+    stmt = (
+        select(
+            m.c.message_key,
+            m.c.step,
+            m.c.channel,
+            m.c.template,
+            m.c.purpose,
+            m.c.anchor_date,
+            cust.c.locale,
+            cust.c.first_name,
+            cust.c.last_name,
+            ct.c.contract_key,
+            ct.c.product,
+            ct.c.term_end,
+            ct.c.price,
+            ct.c.currency,
+        )
+        .join(cust, cust.c.customer_key == m.c.customer_key)
+        .join(ct, ct.c.contract_key == m.c.contract_key)
+        .where(m.c.cycle_id == cycle_id, m.c.status == "queued")
+    )
+    return read_frame(conn, stmt)
+
+
+# --- dispatch -------------------------------------------------------------------------------------
+
+
+def claim_batch(conn: Connection, cycle_id: int, limit: int, now: datetime) -> pd.DataFrame:
+    """Move up to `limit` rendered messages to `sending` and return them with their addresses.
+
+    On PostgreSQL the rows are locked with SKIP LOCKED, so concurrent dispatchers never claim
+    the same message.
+    """
+    m, cust = s.messages, s.customers
+    pick = select(m.c.message_key).where(m.c.cycle_id == cycle_id, m.c.status == "rendered").limit(limit)
+    if conn.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    keys = [r[0] for r in conn.execute(pick)]
+    if not keys:
+        return pd.DataFrame()
+    conn.execute(
+        update(m)
+        .where(m.c.message_key.in_(keys), m.c.status == "rendered")
+        .values(status="sending", claimed_at=now, updated_at=now, attempts=m.c.attempts + 1)
+    )
+    stmt = (
+        select(
+            m.c.message_key,
+            m.c.customer_key,
+            m.c.channel,
+            m.c.purpose,
+            m.c.step,
+            m.c.playbook,
+            m.c.subject,
+            m.c.body,
+            m.c.body_html,
+            m.c.segments,
+            cust.c.email,
+            cust.c.phone_e164,
+            cust.c.erased_at,
+        )
+        .join(cust, cust.c.customer_key == m.c.customer_key)
+        .where(m.c.message_key.in_(keys))
+    )
+    return read_frame(conn, stmt)
+
+
+def stuck_sending(conn: Connection, cycle_id: int) -> pd.DataFrame:
+    """Return messages left in `sending` by a dispatch that died part way."""
+    m = s.messages
+    return read_frame(
+        conn, select(m.c.message_key, m.c.channel).where(m.c.cycle_id == cycle_id, m.c.status == "sending")
+    )
+
+
+# --- summary --------------------------------------------------------------------------------------
+
+
+def count_by(conn: Connection, table_name: str, cycle_id: int, columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Return row counts of a cycle's rows grouped by `columns`."""
+    table = s.metadata.tables[table_name]
+    cols = [table.c[c] for c in columns]
+    stmt = (
+        select(*cols, func.count().label("n"))
+        .where(table.c.cycle_id == cycle_id)
+        .group_by(*cols)
+        .order_by(*cols)
+    )
+    return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def count_rows(conn: Connection, table_name: str, cycle_id: int | None = None) -> int:
+    """Return the number of rows in a table (of one cycle when given)."""
+    table = s.metadata.tables[table_name]
+    stmt = select(func.count()).select_from(table)
+    if cycle_id is not None:
+        stmt = stmt.where(table.c.cycle_id == cycle_id)
+    return int(conn.execute(stmt).scalar_one())
+
+
+def previous_cycles_today(conn: Connection, as_of: date, playbook: str, markets: Sequence[str]) -> int:
+    """Return how many earlier non-dry cycles ran for the same day, playbook and markets."""
+    stmt = select(func.count()).where(
+        and_(
+            s.cycles.c.as_of == as_of,
+            s.cycles.c.playbook == playbook,
+            s.cycles.c.markets == ",".join(markets),
+            s.cycles.c.dry_run.is_(False),
+            s.cycles.c.status == "completed",
+        )
+    )
+    return int(conn.execute(stmt).scalar_one())
+

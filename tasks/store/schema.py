@@ -1,0 +1,263 @@
+"""SQLAlchemy Core schema; Alembic migrations in migrations/ are generated from and checked against it."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+UtcTime = DateTime(timezone=True)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("customer_key", String(64), primary_key=True),
+    Column("market", String(2), nullable=False),
+    Column("locale", String(35), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("first_name", String(200)),
+    Column("last_name", String(200)),
+    Column("email", String(320)),
+    Column("phone_e164", String(20)),
+    Column("customer_since", Date),
+    Column("erased_at", UtcTime),
+    Column("row_hash", String(32), nullable=False),
+    Column("loaded_at", UtcTime, nullable=False),
+)
+
+contracts = Table(
+    "contracts",
+    metadata,
+    Column("contract_key", String(64), primary_key=True),
+    Column("customer_key", String(64), nullable=False, index=True),
+    Column("product", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("start_date", Date),
+    Column("term_end", Date, nullable=False),
+    Column("auto_renew", Boolean, nullable=False),
+    Column("price", Numeric(14, 2), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("renewed_at", Date),
+    Column("row_hash", String(32), nullable=False),
+    Column("loaded_at", UtcTime, nullable=False),
+)
+
+instalments = Table(
+    "instalments",
+    metadata,
+    Column("instalment_key", String(64), primary_key=True),
+    Column("contract_key", String(64), nullable=False, index=True),
+    Column("due_date", Date, nullable=False),
+    Column("amount", Numeric(14, 2), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("paid_date", Date),
+    Column("row_hash", String(32), nullable=False),
+    Column("loaded_at", UtcTime, nullable=False),
+)
+
+activity = Table(
+    "activity",
+    metadata,
+    Column("customer_key", String(64), primary_key=True),
+    Column("month", Date, primary_key=True),
+    Column("transactions", Integer, nullable=False),
+    Column("last_active", Date),
+    Column("row_hash", String(32), nullable=False),
+    Column("loaded_at", UtcTime, nullable=False),
+)
+
+# History, never overwritten: a changed CRM record or a STOP/unsubscribe event adds a row; the
+# current state per (customer, channel, purpose, controller) is the latest effective one.
+consents = Table(
+    "consents",
+    metadata,
+    Column("consent_id", Id, primary_key=True, autoincrement=True),
+    Column("customer_key", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("purpose", String(16), nullable=False),
+    Column("controller", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("lawful_basis", String(16), nullable=False),
+    Column("captured_at", UtcTime, nullable=False),
+    Column("source", String(200)),
+    Column("text_version", String(100)),
+    Column("doi_confirmed_at", UtcTime),
+    Column("withdrawn_at", UtcTime),
+    Column("withdrawal_method", String(100)),
+    Column("sale_reference", String(100)),
+    Column("notice_version", String(100)),
+    Column("expires_at", UtcTime),
+    Column("origin", String(32), nullable=False),
+    Column("row_hash", String(32), nullable=False),
+    Column("recorded_at", UtcTime, nullable=False),
+    Index("ix_consents_current", "customer_key", "channel", "purpose", "controller"),
+)
+
+# Keyed hashes of addresses that must never be contacted again (survive erasure, block re-imports).
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("identifier_hash", String(64), primary_key=True),
+    Column("kind", String(8), nullable=False),
+    Column("scope", String(16), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("created_at", UtcTime, nullable=False),
+)
+
+cycles = Table(
+    "cycles",
+    metadata,
+    Column("cycle_id", Id, primary_key=True, autoincrement=True),
+    Column("flow_run_id", String(64)),
+    Column("as_of", Date, nullable=False),
+    Column("markets", String(200), nullable=False),
+    Column("playbook", String(64), nullable=False),
+    Column("playbook_version", Integer, nullable=False),
+    Column("dry_run", Boolean, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("started_at", UtcTime, nullable=False),
+    Column("finished_at", UtcTime),
+    Column("summary", JSON),
+)
+
+segment_assignments = Table(
+    "segment_assignments",
+    metadata,
+    Column("cycle_id", BigInteger, primary_key=True),
+    Column("contract_key", String(64), primary_key=True),
+    Column("customer_key", String(64), nullable=False),
+    Column("market", String(2), nullable=False),
+    Column("product", String(32), nullable=False),
+    Column("days_to_term_end", Integer, nullable=False),
+    Column("renewal_window", String(16), nullable=False),
+    Column("dpd", Integer, nullable=False),
+    Column("dpd_bucket", String(16), nullable=False),
+    Column("inactive", Boolean, nullable=False),
+    Column("tenure_years", Float, nullable=False),
+    Column("late_payments_12m", Integer, nullable=False),
+    Column("transactions_per_month", Float, nullable=False),
+    Column("risk_score", Integer, nullable=False),
+    Column("risk_band", String(8), nullable=False),
+    Column("risk_factors", String(200), nullable=False),
+    Column("segment", String(32), nullable=False),
+    Column("model_version", String(64), nullable=False),
+)
+
+holdouts = Table(
+    "holdouts",
+    metadata,
+    Column("cycle_id", BigInteger, primary_key=True),
+    Column("playbook", String(64), primary_key=True),
+    Column("contract_key", String(64), primary_key=True),
+    Column("step", String(32), primary_key=True),
+    Column("customer_key", String(64), nullable=False),
+    Column("anchor_date", Date, nullable=False),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("message_key", String(200), primary_key=True),
+    Column("cycle_id", BigInteger, nullable=False, index=True),
+    Column("playbook", String(64), nullable=False),
+    Column("contract_key", String(64), nullable=False),
+    Column("customer_key", String(64), nullable=False, index=True),
+    Column("market", String(2), nullable=False),
+    Column("step", String(32), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("send_rule", String(8), nullable=False),
+    Column("template", String(64), nullable=False),
+    Column("purpose", String(16), nullable=False),
+    Column("anchor_date", Date, nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("locale", String(35)),
+    Column("subject", Text),
+    Column("body", Text),
+    Column("body_html", Text),
+    Column("encoding", String(8)),
+    Column("segments", Integer),
+    Column("provider", String(32)),
+    Column("provider_message_id", String(100)),
+    Column("error_code", String(32)),
+    Column("error_detail", String(500)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("planned_at", UtcTime, nullable=False),
+    Column("rendered_at", UtcTime),
+    Column("claimed_at", UtcTime),
+    Column("sent_at", UtcTime),
+    Column("updated_at", UtcTime, nullable=False),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("decision_id", Id, primary_key=True, autoincrement=True),
+    Column("message_key", String(200), nullable=False, index=True),
+    Column("cycle_id", BigInteger, nullable=False, index=True),
+    Column("customer_key", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("purpose", String(16), nullable=False),
+    Column("stage", String(8), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("rule_ids", String(200), nullable=False),
+    Column("policy_version", String(64), nullable=False),
+    Column("consent_id", BigInteger),
+    Column("decided_at", UtcTime, nullable=False),
+    UniqueConstraint("message_key", "stage", name="uq_decisions_message_stage"),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("quarantine_id", Id, primary_key=True, autoincrement=True),
+    Column("cycle_id", BigInteger, index=True),
+    Column("entity", String(32), nullable=False),
+    Column("source", String(500), nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("record_key", String(200)),
+    Column("field", String(64), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("detail", String(500), nullable=False),
+    Column("raw", JSON),
+    Column("created_at", UtcTime, nullable=False),
+)
+
+# Append-only: triggers created by the migration refuse UPDATE and DELETE.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("audit_id", Id, primary_key=True, autoincrement=True),
+    Column("at", UtcTime, nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("cycle_id", BigInteger),
+    Column("subject_type", String(32)),
+    Column("subject_key", String(200)),
+    Column("details", JSON),
+)

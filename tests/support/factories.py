@@ -1,0 +1,105 @@
+"""Small builders of raw and canonical rows for tests."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from config.loader import load_markets
+from tasks.domain.contract import CONTRACT, ENTITY_ORDER, Entity
+from tasks.domain.markets import Market
+from tasks.sources.raw import RawFrame
+
+ROOT = Path(__file__).resolve().parents[2]
+_counter = itertools.count(1)
+
+
+def markets() -> dict[str, Market]:
+    """Return the configured markets."""
+    return load_markets(ROOT / "config")
+
+
+def random_ref(prefix: str) -> str:
+    """Return a unique key with a readable prefix."""
+    return f"{prefix}{next(_counter):07d}"
+
+
+CUSTOMER = {
+    "customer_key": "C0000001",
+    "market": "DE",
+    "locale": "de-DE",
+    "timezone": "",
+    "first_name": "Anna",
+    "last_name": "Schmidt",
+    "email": "anna.schmidt@example.com",
+    "phone": "0151 23456789",
+    "customer_since": "2019-04-01",
+}
+CONTRACT_ROW = {
+    "contract_key": "K0000001",
+    "customer_key": "C0000001",
+    "product": "loan",
+    "status": "active",
+    "start_date": "2025-12-22",
+    "term_end": "2026-12-22",
+    "auto_renew": "false",
+    "price": "119.90",
+    "currency": "EUR",
+    "renewed_at": "",
+}
+INSTALMENT = {
+    "instalment_key": "I0000001",
+    "contract_key": "K0000001",
+    "due_date": "2026-10-01",
+    "amount": "250.00",
+    "currency": "EUR",
+    "paid_date": "2026-10-01",
+}
+ACTIVITY = {"customer_key": "C0000001", "month": "2026-10", "transactions": "7", "last_active": "2026-10-28"}
+CONSENT = {
+    "customer_key": "C0000001",
+    "channel": "email",
+    "purpose": "marketing",
+    "status": "granted",
+    "captured_at": "2024-03-05T10:12:00Z",
+    "lawful_basis": "consent",
+    "source": "web:signup",
+    "text_version": "mkt-email-v3",
+    "doi_confirmed_at": "2024-03-05T10:20:00Z",
+    "withdrawn_at": "",
+    "withdrawal_method": "",
+    "sale_reference": "",
+    "notice_version": "",
+    "expires_at": "",
+    "controller": "",
+}
+DEFAULTS: dict[Entity, dict[str, str]] = {
+    Entity.CUSTOMERS: CUSTOMER,
+    Entity.CONTRACTS: CONTRACT_ROW,
+    Entity.INSTALMENTS: INSTALMENT,
+    Entity.ACTIVITY: ACTIVITY,
+    Entity.CONSENTS: CONSENT,
+}
+
+
+def raw(entity: Entity, rows: list[Mapping[str, Any]], source: str | None = None) -> RawFrame:
+    """Return a RawFrame of `rows` (each overriding the entity's default row), lines starting at 2."""
+    full = [{**DEFAULTS[entity], **{k: str(v) for k, v in r.items()}} for r in rows]
+    frame = pd.DataFrame(full, columns=list(CONTRACT[entity].column_names), dtype=str)
+    return RawFrame(entity, source or f"{entity.value}.csv", frame, pd.Series(range(2, len(rows) + 2)))
+
+
+def raw_set(**rows: list[Mapping[str, Any]]) -> dict[Entity, RawFrame]:
+    """Return raw frames for every entity, empty unless rows are given by entity name."""
+    return {e: raw(e, rows.get(e.value, [])) for e in ENTITY_ORDER}
+
+
+def write_csvs(directory: Path, frames: Mapping[Entity, RawFrame]) -> None:
+    """Write each raw frame as <entity>.csv into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for entity, frame in frames.items():
+        frame.frame.to_csv(directory / f"{entity.value}.csv", index=False)

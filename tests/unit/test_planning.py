@@ -1,0 +1,114 @@
+"""Planning: steps fall due on their offset, catch up after a missed run, and the holdout is stable."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pandas as pd
+import pytest
+
+from config.loader import load_playbook
+from tasks.domain.planning import (
+    candidate_messages,
+    due_steps,
+    holdout_bucket,
+    in_holdout,
+    message_key,
+    split_holdout,
+)
+from tests.support.factories import ROOT
+
+BOOK = load_playbook(ROOT / "config", "renewal-standard")
+AS_OF = date(2026, 11, 22)
+
+
+def _segments(days: list[int], **cols: list[object]) -> pd.DataFrame:
+    n = len(days)
+    base = {
+        "contract_key": [f"K{i}" for i in range(n)],
+        "customer_key": [f"C{i}" for i in range(n)],
+        "market": ["DE"] * n,
+        "product": ["loan"] * n,
+        "status": ["active"] * n,
+        "segment": ["renewal_due"] * n,
+        "risk_band": ["low"] * n,
+        "auto_renew": [False] * n,
+        "term_end": [pd.Timestamp(AS_OF + timedelta(days=d)) for d in days],
+    }
+    base.update(cols)
+    return pd.DataFrame(base)
+
+
+@pytest.mark.parametrize(
+    ("days_to_end", "step"),
+    [(30, "T-30"), (28, "T-30"), (27, None), (14, "T-14"), (7, "T-7"), (1, "T-1"), (-3, "T+3"), (-6, None), (45, None)],
+)
+def test_step_due_on_its_offset_and_for_the_catch_up_days(days_to_end: int, step: str | None) -> None:
+    due = due_steps(_segments([days_to_end]), BOOK, AS_OF)
+    assert (due["step"].iloc[0] if len(due) else None) == step
+
+
+def test_a_later_step_supersedes_an_earlier_one_still_in_catch_up() -> None:
+    book_days = _segments([6], risk_band=["high"])
+    assert due_steps(book_days, BOOK, AS_OF)["step"].tolist() == ["T-7-offer"]
+    assert due_steps(_segments([6]), BOOK, AS_OF)["step"].tolist() == ["T-7"]
+
+
+def test_auto_renewing_contracts_get_no_last_call() -> None:
+    assert due_steps(_segments([1], auto_renew=[True]), BOOK, AS_OF).empty
+
+
+@pytest.mark.parametrize("status", ["renewed", "lapsed", "cancelled"])
+def test_only_active_contracts_are_reminded(status: str) -> None:
+    assert due_steps(_segments([30], status=[status]), BOOK, AS_OF).empty
+
+
+def test_anchor_and_days_from_anchor_are_recorded() -> None:
+    due = due_steps(_segments([30]), BOOK, AS_OF)
+    assert due.loc[0, "anchor_date"] == AS_OF + timedelta(days=30)
+    assert due.loc[0, "days_from_anchor"] == -30
+
+
+def test_candidates_keep_channel_order_and_keys() -> None:
+    due = due_steps(_segments([7]), BOOK, AS_OF)
+    cands = candidate_messages(due, BOOK)
+    assert cands["channel"].tolist() == ["email", "sms"]
+    assert cands["rank"].tolist() == [0, 1]
+    assert set(cands["send_rule"]) == {"all"}
+    anchor = AS_OF + timedelta(days=7)
+    assert cands["message_key"].tolist() == [
+        message_key("renewal-standard", "K0", anchor, "T-7", "email"),
+        message_key("renewal-standard", "K0", anchor, "T-7", "sms"),
+    ]
+
+
+def test_same_contract_same_step_gives_the_same_key_on_another_day() -> None:
+    first = candidate_messages(due_steps(_segments([30]), BOOK, AS_OF), BOOK)
+    next_day = candidate_messages(due_steps(_segments([30]), BOOK, AS_OF + timedelta(days=1)), BOOK)
+    assert first["message_key"].tolist() == next_day["message_key"].tolist()
+
+
+def test_holdout_is_stable_and_close_to_its_share() -> None:
+    keys = pd.Series([f"C{i:07d}" for i in range(20000)])
+    first = in_holdout(keys, "holdout:renewal-standard", 0.05)
+    again = in_holdout(keys, "holdout:renewal-standard", 0.05)
+    assert first.equals(again)
+    assert 0.04 < first.mean() < 0.06
+
+
+def test_holdout_differs_per_playbook() -> None:
+    keys = pd.Series([f"C{i:07d}" for i in range(2000)])
+    assert not in_holdout(keys, "holdout:a", 0.5).equals(in_holdout(keys, "holdout:b", 0.5))
+
+
+def test_holdout_bucket_is_a_known_constant() -> None:
+    # Pinned so that a library or Python upgrade can never silently reshuffle the control group.
+    assert holdout_bucket("holdout:renewal-standard", "C0000001") == pytest.approx(0.073312, abs=1e-6)
+
+
+def test_split_holdout_keeps_every_due_step_on_one_side() -> None:
+    due = due_steps(_segments([30] * 400), BOOK, AS_OF)
+    treated, control = split_holdout(due, BOOK)
+    assert len(treated) + len(control) == 400
+    assert set(treated["contract_key"]).isdisjoint(control["contract_key"])
+    assert 0 < len(control) < 60

@@ -1,0 +1,140 @@
+"""Validation: every quarantine reason, and rows that pass come out canonical."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tasks.domain.contract import Entity
+from tasks.sources.validation import Reason, validate_all, validate_entity
+from tests.support.factories import markets, raw, raw_set
+
+MARKETS = markets()
+
+
+def _reasons(entity: Entity, rows: list[dict[str, str]]) -> list[tuple[int, str, str]]:
+    result = validate_entity(raw(entity, rows), MARKETS)
+    return [(int(r.line), r.field, r.reason) for r in result.quarantine.itertuples()]
+
+
+class TestQuarantineReasons:
+    @pytest.mark.parametrize(
+        ("entity", "override", "field", "reason"),
+        [
+            (Entity.CUSTOMERS, {"customer_key": ""}, "customer_key", Reason.MISSING_VALUE),
+            (Entity.CUSTOMERS, {"customer_key": "C 1"}, "customer_key", Reason.BAD_KEY),
+            (Entity.CUSTOMERS, {"phone": "12345"}, "phone", Reason.BAD_PHONE),
+            (Entity.CUSTOMERS, {"phone": "030 1234567"}, "phone", Reason.BAD_PHONE),
+            (Entity.CUSTOMERS, {"phone": "call me"}, "phone", Reason.BAD_PHONE),
+            (Entity.CUSTOMERS, {"locale": "xx-QQ"}, "locale", Reason.UNKNOWN_LOCALE),
+            (Entity.CUSTOMERS, {"locale": "klingon"}, "locale", Reason.UNKNOWN_LOCALE),
+            (Entity.CUSTOMERS, {"market": "US"}, "market", Reason.UNKNOWN_MARKET),
+            (Entity.CUSTOMERS, {"email": "anna at example.com"}, "email", Reason.BAD_EMAIL),
+            (Entity.CUSTOMERS, {"first_name": "<b>Anna</b>"}, "first_name", Reason.UNSAFE_TEXT),
+            (Entity.CUSTOMERS, {"last_name": "{{ 7*7 }}"}, "last_name", Reason.UNSAFE_TEXT),
+            (Entity.CUSTOMERS, {"first_name": "{% raw %}"}, "first_name", Reason.UNSAFE_TEXT),
+            (Entity.CUSTOMERS, {"first_name": "A" * 201}, "first_name", Reason.TOO_LONG),
+            (Entity.CUSTOMERS, {"timezone": "Mars/Olympus"}, "timezone", Reason.BAD_TIMEZONE),
+            (Entity.CUSTOMERS, {"customer_since": "01/04/2019"}, "customer_since", Reason.BAD_DATE),
+            (Entity.CONTRACTS, {"term_end": ""}, "term_end", Reason.MISSING_VALUE),
+            (Entity.CONTRACTS, {"product": "mortgage"}, "product", Reason.BAD_CHOICE),
+            (Entity.CONTRACTS, {"auto_renew": "maybe"}, "auto_renew", Reason.BAD_BOOL),
+            (Entity.CONTRACTS, {"price": "-5.00"}, "price", Reason.NEGATIVE_AMOUNT),
+            (Entity.CONTRACTS, {"price": "12,50"}, "price", Reason.BAD_NUMBER),
+            (Entity.CONTRACTS, {"currency": "EURO"}, "currency", Reason.BAD_CURRENCY),
+            (Entity.INSTALMENTS, {"amount": "0"}, "amount", Reason.ZERO_AMOUNT),
+            (Entity.INSTALMENTS, {"amount": "-250"}, "amount", Reason.NEGATIVE_AMOUNT),
+            (Entity.ACTIVITY, {"month": "2026-13"}, "month", Reason.BAD_DATE),
+            (Entity.ACTIVITY, {"transactions": "2.5"}, "transactions", Reason.BAD_NUMBER),
+            (Entity.CONSENTS, {"captured_at": "yesterday"}, "captured_at", Reason.BAD_DATE),
+            (Entity.CONSENTS, {"channel": "fax"}, "channel", Reason.BAD_CHOICE),
+        ],
+    )
+    def test_bad_value_is_quarantined_with_line_field_and_reason(
+        self, entity: Entity, override: dict[str, str], field: str, reason: Reason
+    ) -> None:
+        first_key = {
+            Entity.CUSTOMERS: {"customer_key": "C0000009"},
+            Entity.CONTRACTS: {"contract_key": "K0000009"},
+            Entity.INSTALMENTS: {"instalment_key": "I0000009"},
+            Entity.ACTIVITY: {"month": "2026-09"},
+            Entity.CONSENTS: {"channel": "sms"},
+        }[entity]
+        rows = [first_key, override]
+        found = _reasons(entity, rows)
+        assert (3, field, reason.value) in found
+        assert all(line == 3 for line, _, _ in found)
+
+    def test_identical_duplicate_keeps_the_first_copy(self) -> None:
+        result = validate_entity(raw(Entity.CUSTOMERS, [{}, {}]), MARKETS)
+        assert list(result.clean["customer_key"]) == ["C0000001"]
+        (entry,) = result.quarantine.itertuples()
+        assert (entry.line, entry.reason) == (3, Reason.DUPLICATE_KEY.value)
+        assert "identical copy of line 2" in entry.detail
+
+    def test_conflicting_duplicates_are_all_quarantined(self) -> None:
+        result = validate_entity(raw(Entity.CUSTOMERS, [{}, {"first_name": "Anne"}]), MARKETS)
+        assert result.clean.empty
+        assert sorted(result.quarantine["line"]) == [2, 3]
+        assert set(result.quarantine["reason"]) == {Reason.DUPLICATE_KEY.value}
+
+    def test_contract_of_unknown_customer_is_quarantined(self) -> None:
+        raws = raw_set(customers=[{}], contracts=[{"customer_key": "C9999999"}])
+        result = validate_all(raws, MARKETS)
+        (entry,) = result.quarantine.itertuples()
+        assert (entry.entity, entry.field, entry.reason) == ("contracts", "customer_key", "UNKNOWN_PARENT")
+
+    def test_children_of_a_quarantined_customer_are_quarantined_too(self) -> None:
+        raws = raw_set(customers=[{"phone": "12345"}], contracts=[{}], instalments=[{}])
+        result = validate_all(raws, MARKETS)
+        assert set(result.quarantine["entity"]) == {"customers", "contracts", "instalments"}
+        assert all(result.clean[e].empty for e in (Entity.CUSTOMERS, Entity.CONTRACTS, Entity.INSTALMENTS))
+
+    def test_known_store_keys_count_as_parents(self) -> None:
+        raws = raw_set(contracts=[{"customer_key": "C0000500"}])
+        result = validate_all(raws, MARKETS, known_keys=lambda e: pd.Index(["C0000500"]))
+        assert len(result.clean[Entity.CONTRACTS]) == 1
+
+    def test_every_problem_of_a_row_is_listed(self) -> None:
+        found = _reasons(Entity.CUSTOMERS, [{"phone": "12345", "locale": "xx-QQ", "first_name": "<i>"}])
+        assert {f for _, f, _ in found} == {"phone", "locale", "first_name"}
+
+    def test_quarantine_keeps_the_raw_row(self) -> None:
+        result = validate_entity(raw(Entity.CONTRACTS, [{"price": "-1"}]), MARKETS)
+        assert result.quarantine.iloc[0]["raw"]["price"] == "-1"
+
+
+class TestCanonicalValues:
+    def test_phone_becomes_e164_with_the_market_as_region(self) -> None:
+        result = validate_entity(raw(Entity.CUSTOMERS, [{"phone": "0151 23456789"}]), MARKETS)
+        assert result.clean.loc[0, "phone"] == "+4915123456789"
+
+    def test_international_phone_from_another_country_is_kept(self) -> None:
+        result = validate_entity(raw(Entity.CUSTOMERS, [{"phone": "+33 6 12 34 56 78"}]), MARKETS)
+        assert result.clean.loc[0, "phone"] == "+33612345678"
+
+    def test_missing_timezone_defaults_to_the_market(self) -> None:
+        result = validate_entity(raw(Entity.CUSTOMERS, [{"market": "es", "locale": "es-ES", "phone": ""}]), MARKETS)
+        assert (result.clean.loc[0, "market"], result.clean.loc[0, "timezone"]) == ("ES", "Europe/Madrid")
+
+    def test_locale_is_normalised(self) -> None:
+        result = validate_entity(raw(Entity.CUSTOMERS, [{"locale": "de_at"}]), MARKETS)
+        assert result.clean.loc[0, "locale"] == "de-AT"
+
+    def test_email_domain_is_lower_cased(self) -> None:
+        result = validate_entity(raw(Entity.CUSTOMERS, [{"email": "Anna@Example.COM"}]), MARKETS)
+        assert result.clean.loc[0, "email"] == "Anna@example.com"
+
+    def test_optional_fields_may_be_empty(self) -> None:
+        result = validate_entity(raw(Entity.CUSTOMERS, [{"email": "", "phone": "", "first_name": ""}]), MARKETS)
+        assert result.quarantine.empty
+        assert result.clean.loc[0, "email"] is None
+
+    def test_defaults_fill_empty_choices(self) -> None:
+        result = validate_entity(raw(Entity.CONTRACTS, [{"status": "", "auto_renew": ""}]), MARKETS)
+        assert (result.clean.loc[0, "status"], bool(result.clean.loc[0, "auto_renew"])) == ("active", False)
+
+    def test_row_hash_changes_with_the_row(self) -> None:
+        a = validate_entity(raw(Entity.CONTRACTS, [{}]), MARKETS).clean.loc[0, "row_hash"]
+        b = validate_entity(raw(Entity.CONTRACTS, [{"price": "120.00"}]), MARKETS).clean.loc[0, "row_hash"]
+        assert a != b
