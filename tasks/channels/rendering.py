@@ -73,6 +73,16 @@ def _clean_sms(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def _clean_whatsapp(text: str) -> str:
+    """Keep paragraphs (single blank lines) so the body matches the approved template's layout."""
+    lines = [" ".join(line.split()) for line in text.strip().splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip()
+
+
 class Renderer:
     """Finds a template by channel, key and locale fallback chain, and renders it."""
 
@@ -130,7 +140,10 @@ class Renderer:
             html = self._template(f"{base}.html.j2").render(ctx)
             text = self._template(f"{base}.txt.j2").render(ctx).strip() + "\n"
             return Rendered(used, subject, text, html)
-        body = _clean_sms(self._template(f"{base}.txt.j2").render(ctx))
+        raw = self._template(f"{base}.txt.j2").render(ctx)
+        if channel == "whatsapp":
+            return Rendered(used, None, _clean_whatsapp(raw), None)
+        body = _clean_sms(raw)
         count = sms_segments(body)
         return Rendered(used, None, body, None, count.encoding, count.segments)
 
