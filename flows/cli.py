@@ -46,7 +46,9 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
 
     engine = get_runtime().engine
     upgrade(engine, revision)
-    err.print(f"database at revision {current_revision(engine)} ({engine.url.render_as_string(hide_password=True)})")
+    err.print(
+        f"database at revision {current_revision(engine)} ({engine.url.render_as_string(hide_password=True)})"
+    )
 
 
 @app.command("demo-data")
@@ -55,7 +57,8 @@ def demo_data(
     customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed; same seed and date give identical files.")] = 42,
     as_of: Annotated[
-        str | None, typer.Option("--as-of", help="Day the portfolio is built around (YYYY-MM-DD); default today.")
+        str | None,
+        typer.Option("--as-of", help="Day the portfolio is built around (YYYY-MM-DD); default today."),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
 ) -> None:
@@ -86,19 +89,27 @@ def _run_cycle(as_of: date | None, markets: list[str] | None, dry_run: bool, pla
 
 @run_app.command("renewal-cycle")
 def run_renewal_cycle(
-    as_of: Annotated[str | None, typer.Option("--as-of", help="Cycle day (YYYY-MM-DD); default today.")] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Cycle day (YYYY-MM-DD); default today.")
+    ] = None,
     markets: Annotated[
         str | None, typer.Option(help="Comma-separated market codes, e.g. DE,FR; default all configured.")
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan, gate and render, but send nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Plan, gate and render, but send nothing.")
+    ] = False,
     playbook: Annotated[str, typer.Option(help="Playbook id in config/playbooks.")] = "renewal-standard",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")
+    ] = False,
 ) -> None:
     """Run one renewal cycle now, in this process, and show what each stage did."""
     if as_json:
         _logs_to_stderr()
     try:
-        summary = _run_cycle(date.fromisoformat(as_of) if as_of else None, _parse_markets(markets), dry_run, playbook)
+        summary = _run_cycle(
+            date.fromisoformat(as_of) if as_of else None, _parse_markets(markets), dry_run, playbook
+        )
     except Exception as exc:
         err.print(f"[bold red]Stopped before sending:[/] {exc}")
         raise typer.Exit(code=1) from exc
@@ -126,10 +137,14 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_column("stage", style="bold")
     table.add_column("what happened")
     table.add_column("detail", style="dim")
-    for stage, what, detail in stage_rows(summary):
-        table.add_row(stage, what, detail)
+    table.add_column("time", justify="right")
+    for stage, what, detail, secs in stage_rows(summary):
+        table.add_row(stage, what, detail, secs)
     out.print(table)
-    for heading, key in (("messages by channel and status", "per_channel"), ("decisions by reason", "per_reason")):
+    for heading, key in (
+        ("messages by channel and status", "per_channel"),
+        ("decisions by reason", "per_reason"),
+    ):
         data = summary.get(key) or {}
         if data:
             t = Table(title=heading)

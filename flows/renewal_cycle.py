@@ -1,7 +1,10 @@
-"""The renewal cycle: extract → validate → load → segment → plan → consent gate → render → dispatch → summarise."""
+"""The renewal cycle: extract, validate, load, segment, plan, consent gate, render, dispatch, summarise."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -35,6 +38,16 @@ def local_today(markets: list[str]) -> date:
     return datetime.now(ZoneInfo(zone)).date()
 
 
+@contextmanager
+def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """Record how long a stage took (wall clock) in `seconds`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = round(time.perf_counter() - start, 3)
+
+
 def _run_name() -> str:
     params = flow_run.parameters
     markets = ",".join(params.get("markets") or ["all"])
@@ -54,6 +67,7 @@ def renewal_cycle(
     day = as_of or local_today(codes)
     cycle_id = open_cycle(day, codes, playbook, dry_run)
     stages: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
     base: dict[str, Any] = {
         "cycle_id": cycle_id,
         "as_of": day.isoformat(),
@@ -62,17 +76,26 @@ def renewal_cycle(
         "dry_run": dry_run,
         "status": "completed",
         "stages": stages,
+        "seconds": seconds,
     }
     try:
-        raws = extract()
-        validated = validate(raws)
+        with timed(seconds, "extract"):
+            raws = extract()
+        with timed(seconds, "validate"):
+            validated = validate(raws)
         stages["validate"] = validation_stats(validated)
-        stages["load"] = load(validated, cycle_id)
-        stages["segment"] = segment(cycle_id, day, codes)
-        stages["plan"] = plan(cycle_id, playbook, day, codes, dry_run)
-        stages["consent-gate"] = gate(cycle_id)
-        stages["render"] = render(cycle_id, playbook, day)
-        stages["dispatch"] = {"skipped": True} if dry_run else dispatch(cycle_id)
+        with timed(seconds, "load"):
+            stages["load"] = load(validated, cycle_id)
+        with timed(seconds, "segment"):
+            stages["segment"] = segment(cycle_id, day, codes)
+        with timed(seconds, "plan"):
+            stages["plan"] = plan(cycle_id, playbook, day, codes, dry_run)
+        with timed(seconds, "consent-gate"):
+            stages["consent-gate"] = gate(cycle_id)
+        with timed(seconds, "render"):
+            stages["render"] = render(cycle_id, playbook, day)
+        with timed(seconds, "dispatch"):
+            stages["dispatch"] = {"skipped": True} if dry_run else dispatch(cycle_id)
     except Exception as exc:
         fail_cycle(cycle_id, base, exc)
         raise

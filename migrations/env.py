@@ -13,7 +13,9 @@ config = context.config
 
 def run_migrations_offline() -> None:
     """Emit SQL for the configured URL without connecting."""
-    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=metadata, literal_binds=True)
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"), target_metadata=metadata, literal_binds=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -12,7 +12,13 @@ from tasks.sources.raw import SourceError
 # Task results can carry customer rows; Prefect must never persist or cache them.
 STEP: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
-PERMANENT_ERRORS: tuple[type[BaseException], ...] = (SourceError, ConfigError, ValueError, KeyError, TypeError)
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    SourceError,
+    ConfigError,
+    ValueError,
+    KeyError,
+    TypeError,
+)
 
 
 def retry_transient(_task: Any, _task_run: Any, state: Any) -> bool:

@@ -44,13 +44,16 @@ def open_cycle(as_of: date, markets: list[str], playbook_id: str, dry_run: bool)
 def cycle_summary(conn: Connection, base: dict[str, Any], cycle_id: int) -> dict[str, Any]:
     """Return the full summary: stage stats plus counts per segment, channel/status and decision reason."""
     per_channel = {
-        f"{r['channel']}:{r['status']}": int(r["n"]) for r in count_by(conn, "messages", cycle_id, ["channel", "status"])
+        f"{r['channel']}:{r['status']}": int(r["n"])
+        for r in count_by(conn, "messages", cycle_id, ["channel", "status"])
     }
     per_reason = {
         f"{r['stage']}:{r['outcome']}:{r['reason']}": int(r["n"])
         for r in count_by(conn, "decisions", cycle_id, ["stage", "outcome", "reason"])
     }
-    per_segment = {r["segment"]: int(r["n"]) for r in count_by(conn, "segment_assignments", cycle_id, ["segment"])}
+    per_segment = {
+        r["segment"]: int(r["n"]) for r in count_by(conn, "segment_assignments", cycle_id, ["segment"])
+    }
     return {**base, "per_channel": per_channel, "per_reason": per_reason, "per_segment": per_segment}
 
 
@@ -73,7 +76,7 @@ def summarise(cycle_id: int, base: dict[str, Any]) -> dict[str, Any]:
 
 
 def fail_cycle(cycle_id: int, base: dict[str, Any], error: BaseException) -> dict[str, Any]:
-    """Mark the cycle failed with the error that stopped it (the error names a file or field, not a person)."""
+    """Mark the cycle failed with the error that stopped it (a file or field, never a person)."""
     rt = get_runtime()
     summary = {**base, "status": "failed", "error": str(error)[:1000]}
     summary["headline"] = headline(summary)

@@ -17,8 +17,12 @@ from tasks.runtime import get_runtime
 from tasks.store.repository import audit, claim_batch, insert_decisions, set_status, stuck_sending, utcnow
 
 
-def _address(row: dict[str, Any]) -> str | None:
-    return row["email"] if row["channel"] == "email" else row["phone_e164"]
+def _address(row: dict[str, Any]) -> str:
+    return str(row["email"] if row["channel"] == "email" else row["phone_e164"])
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return frame.to_dict("records")  # type: ignore[return-value]
 
 
 def reconcile_stuck(engine: Engine, cycle_id: int, senders: dict[str, Sender]) -> dict[str, int]:
@@ -82,14 +86,14 @@ def dispatch_cycle(
                 Outbound(
                     message_key=r["message_key"],
                     channel=r["channel"],
-                    to=str(_address(r)),
+                    to=_address(r),
                     body=r["body"],
                     purpose=r["purpose"],
                     category=f"{r['playbook']}:{r['step']}",
                     subject=r["subject"],
                     html=r["body_html"],
                 )
-                for r in group.to_dict("records")
+                for r in _records(group)
             ]
             results.extend(senders[str(channel)].send(outbound))
         now = utcnow()

@@ -26,7 +26,5 @@ def extract_sources(settings: Settings) -> dict[Entity, RawFrame]:
 def extract() -> dict[Entity, RawFrame]:
     """Read the CRM and billing sources."""
     raws = extract_sources(get_runtime().settings)
-    get_run_logger().info(
-        "extracted %s", ", ".join(f"{e.value}={len(r.frame)}" for e, r in raws.items())
-    )
+    get_run_logger().info("extracted %s", ", ".join(f"{e.value}={len(r.frame)}" for e, r in raws.items()))
     return raws

@@ -53,7 +53,6 @@ def gate_cycle(conn: Connection, cycle_id: int, hash_key: bytes) -> dict[str, An
     }
 
 
-
 @task(name="consent-gate", **STEP)
 def gate(cycle_id: int) -> dict[str, Any]:
     """Run the consent gate over the cycle's planned messages."""

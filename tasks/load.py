@@ -21,7 +21,9 @@ from tasks.store.repository import (
 )
 
 
-def load_validated(conn: Connection, result: ValidationResult, cycle_id: int, controller: str) -> dict[str, Any]:
+def load_validated(
+    conn: Connection, result: ValidationResult, cycle_id: int, controller: str
+) -> dict[str, Any]:
     """Write all entities and the quarantine in one transaction; return inserted/updated/unchanged counts."""
     now = utcnow()
     stats: dict[str, Any] = {}
@@ -32,7 +34,11 @@ def load_validated(conn: Connection, result: ValidationResult, cycle_id: int, co
             sync = append_consents(conn, frame, controller, now)
         else:
             sync = sync_entity(conn, entity, frame, now)
-        stats[entity.value] = {"inserted": sync.inserted, "updated": sync.updated, "unchanged": sync.unchanged}
+        stats[entity.value] = {
+            "inserted": sync.inserted,
+            "updated": sync.updated,
+            "unchanged": sync.unchanged,
+        }
     stats["quarantine_entries"] = insert_quarantine(conn, result.quarantine, cycle_id, now)
     audit(conn, "source.loaded", cycle_id=cycle_id, details=stats)
     return stats

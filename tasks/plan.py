@@ -28,7 +28,9 @@ def _existing(conn: Connection, keys: pd.Series) -> pd.DataFrame:
     for start in range(0, len(values), 5000):
         chunk = values[start : start + 5000]
         frames.append(
-            read_frame(conn, select(m.c.message_key, m.c.status, m.c.cycle_id).where(m.c.message_key.in_(chunk)))
+            read_frame(
+                conn, select(m.c.message_key, m.c.status, m.c.cycle_id).where(m.c.message_key.in_(chunk))
+            )
         )
     if not frames:
         return pd.DataFrame({"message_key": [], "status": [], "cycle_id": []})
@@ -56,9 +58,14 @@ def plan_cycle(
     inserted = insert_messages(conn, fresh)
     unfinished = existing.loc[existing["status"].isin(OPEN_STATUSES + ("sending",))]
     adopted = update_frame(
-        conn, s.messages, unfinished[["message_key"]].assign(cycle_id=cycle_id, updated_at=now), ["message_key"]
+        conn,
+        s.messages,
+        unfinished[["message_key"]].assign(cycle_id=cycle_id, updated_at=now),
+        ["message_key"],
     )
-    expired = 0 if dry_run else _expire_stale(conn, playbook.id, markets, cycle_id, set(candidates["message_key"]))
+    expired = (
+        0 if dry_run else _expire_stale(conn, playbook.id, markets, cycle_id, set(candidates["message_key"]))
+    )
     return {
         "due_steps": len(due),
         "by_step": {str(k): int(v) for k, v in due["step"].value_counts().sort_index().items()},
@@ -71,7 +78,9 @@ def plan_cycle(
     }
 
 
-def _expire_stale(conn: Connection, playbook_id: str, markets: list[str], cycle_id: int, due_keys: set[str]) -> int:
+def _expire_stale(
+    conn: Connection, playbook_id: str, markets: list[str], cycle_id: int, due_keys: set[str]
+) -> int:
     """Mark unsent messages from earlier runs that are no longer due today as expired (never sent)."""
     m = s.messages
     stale = read_frame(

@@ -102,7 +102,8 @@ def render_cycle(
     out: list[dict[str, Any]] = []
     now = utcnow()
     fallback, failures = 0, 0
-    for row in rows.to_dict("records"):
+    records: list[dict[str, Any]] = rows.to_dict("records")  # type: ignore[assignment]
+    for row in records:
         try:
             ctx = message_context(
                 row,
@@ -146,17 +147,23 @@ def render_cycle(
     ok = frame.loc[frame["status"] == "rendered"] if len(frame) else frame
     failed = frame.loc[frame["status"] == "render_failed"] if len(frame) else frame
     set_status(conn, ok.drop(columns=[c for c in ("error_code", "error_detail") if c in ok.columns]), now)
-    set_status(conn, failed[["message_key", "status", "error_code", "error_detail"]] if len(failed) else failed, now)
+    set_status(
+        conn, failed[["message_key", "status", "error_code", "error_detail"]] if len(failed) else failed, now
+    )
     by_channel = rows["channel"].value_counts().sort_index() if len(rows) else pd.Series(dtype="int64")
     sms = ok.loc[ok["encoding"].notna()] if len(ok) and "encoding" in ok else pd.DataFrame()
     return {
         "rendered": len(ok),
         "failed": failures,
         "by_channel": {str(k): int(v) for k, v in by_channel.items()},
-        "by_locale": {str(k): int(v) for k, v in ok["locale"].value_counts().sort_index().items()} if len(ok) else {},
+        "by_locale": {str(k): int(v) for k, v in ok["locale"].value_counts().sort_index().items()}
+        if len(ok)
+        else {},
         "language_fallbacks": fallback,
         "sms_segments": int(sms["segments"].sum()) if len(sms) else 0,
-        "sms_by_encoding": {str(k): int(v) for k, v in sms["encoding"].value_counts().items()} if len(sms) else {},
+        "sms_by_encoding": {str(k): int(v) for k, v in sms["encoding"].value_counts().items()}
+        if len(sms)
+        else {},
     }
 
 

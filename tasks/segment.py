@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-import pandas as pd
 from prefect import get_run_logger, task
 from sqlalchemy import Connection
 
@@ -43,7 +42,6 @@ def segment_cycle(
         "inactive": int(segments["inactive"].sum()),
         "model_version": str(segments["model_version"].iloc[0]) if len(segments) else "",
     }
-
 
 
 @task(name="segment", **STEP)

@@ -39,7 +39,7 @@ def pg_admin_dsn() -> Iterator[str]:
     try:
         with postgres_server() as dsn:
             yield dsn
-    except (NoPostgres, OSError, Exception) as exc:  # noqa: BLE001 - any failure to get a server
+    except (NoPostgres, OSError, Exception) as exc:
         if in_ci():
             pytest.fail(f"PostgreSQL is required under CI=true but unavailable: {exc}")
         pytest.skip(f"PostgreSQL unavailable: {exc}")

@@ -50,7 +50,10 @@ class OutboxSender:
             fh.write("\n".join(lines) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        return [SendResult(m.message_key, SendStatus.SENT, self.provider, self.provider_id(m.message_key)) for m in batch]
+        return [
+            SendResult(m.message_key, SendStatus.SENT, self.provider, self.provider_id(m.message_key))
+            for m in batch
+        ]
 
     def reconcile(self, message_keys: Sequence[str]) -> dict[str, SendResult]:
         """Return the messages among `message_keys` that reached the outbox file."""

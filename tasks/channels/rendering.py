@@ -91,7 +91,9 @@ class Renderer:
         self.env = ImmutableSandboxedEnvironment(
             loader=FileSystemLoader(str(templates_dir)),
             undefined=StrictUndefined,
-            autoescape=select_autoescape(enabled_extensions=("html.j2",), default_for_string=False, default=False),
+            autoescape=select_autoescape(
+                enabled_extensions=("html.j2",), default_for_string=False, default=False
+            ),
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=False,
@@ -109,7 +111,9 @@ class Renderer:
         if cache_key not in self._resolved:
             found = None
             for candidate in locale_chain(locale):
-                if all(self._exists(f"{channel}/{template}/{candidate}.{part}.j2") for part in PARTS[channel]):
+                if all(
+                    self._exists(f"{channel}/{template}/{candidate}.{part}.j2") for part in PARTS[channel]
+                ):
                     found = candidate
                     break
             self._resolved[cache_key] = found
@@ -132,7 +136,9 @@ class Renderer:
         """Render one message; raise TemplateMissing when no locale in the chain has the template."""
         used = self.resolve(channel, template, locale)
         if used is None:
-            raise TemplateMissing(f"{channel}/{template} for {locale} (chain {', '.join(locale_chain(locale))})")
+            raise TemplateMissing(
+                f"{channel}/{template} for {locale} (chain {', '.join(locale_chain(locale))})"
+            )
         base = f"{channel}/{template}/{used}"
         ctx = {**context, "channel": channel, "template_locale": used}
         if channel == "email":

@@ -47,8 +47,8 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.ERASED: "blocked: the customer's personal data was erased",
     Reason.SUPPRESSED: "blocked: the customer's address is on the suppression list",
     Reason.NO_ADDRESS: "blocked: no valid address for this channel",
-    Reason.CONSENT_WITHDRAWN: "blocked: the customer withdrew consent or objected for this channel and purpose",
-    Reason.NO_CHANNEL_CONSENT: "blocked: marketing needs consent specific to this channel, and none is on record",
+    Reason.CONSENT_WITHDRAWN: "blocked: the customer withdrew consent or objected (this channel and purpose)",
+    Reason.NO_CHANNEL_CONSENT: "blocked: marketing needs consent for this very channel; none is on record",
     Reason.NO_WHATSAPP_OPT_IN: "blocked: business-initiated WhatsApp needs the customer's WhatsApp opt-in",
 }
 
@@ -76,7 +76,9 @@ def decide(candidates: pd.DataFrame, contacts: pd.DataFrame, consents: pd.DataFr
     current = consents[["customer_key", "channel", "purpose", "status", "consent_id"]]
     df = df.merge(current, on=["customer_key", "channel", "purpose"], how="left")
     wa_opt_in = (
-        consents.loc[(consents["channel"] == "whatsapp") & (consents["status"] == "granted"), ["customer_key"]]
+        consents.loc[
+            (consents["channel"] == "whatsapp") & (consents["status"] == "granted"), ["customer_key"]
+        ]
         .drop_duplicates()
         .assign(whatsapp_opt_in=True)
     )

@@ -185,7 +185,14 @@ CONTRACT: dict[Entity, EntitySpec] = {
             ),
             Column("start_date", Kind.DATE, False, "Start of the current term.", "2025-12-01"),
             Column("term_end", Kind.DATE, True, "Last day of the current term.", "2026-12-01"),
-            Column("auto_renew", Kind.BOOL, False, "Renews automatically unless cancelled.", "true", default="false"),
+            Column(
+                "auto_renew",
+                Kind.BOOL,
+                False,
+                "Renews automatically unless cancelled.",
+                "true",
+                default="false",
+            ),
             Column("price", Kind.DECIMAL, True, "Price of the next term.", "119.90", non_negative=True),
             Column("currency", Kind.CURRENCY, True, "ISO 4217 currency of price.", "EUR"),
             Column("renewed_at", Kind.DATE, False, "When the customer renewed, if they did.", ""),
@@ -214,7 +221,9 @@ CONTRACT: dict[Entity, EntitySpec] = {
             Column("customer_key", Kind.KEY, True, "The customer.", "C0001234"),
             Column("month", Kind.MONTH, True, "Calendar month, YYYY-MM.", "2026-10"),
             Column("transactions", Kind.INT, True, "Transactions in that month.", "7", non_negative=True),
-            Column("last_active", Kind.DATE, False, "Last day with any activity, as of that month.", "2026-10-28"),
+            Column(
+                "last_active", Kind.DATE, False, "Last day with any activity, as of that month.", "2026-10-28"
+            ),
         ),
     ),
     Entity.CONSENTS: EntitySpec(
@@ -224,8 +233,17 @@ CONTRACT: dict[Entity, EntitySpec] = {
         parent=(Entity.CUSTOMERS, "customer_key"),
         columns=(
             Column("customer_key", Kind.KEY, True, "The customer.", "C0001234"),
-            Column("channel", Kind.CHOICE, True, "Channel the record covers.", "email", choices=_choices(Channel)),
-            Column("purpose", Kind.CHOICE, True, "Purpose the record covers.", "marketing", choices=_choices(Purpose)),
+            Column(
+                "channel", Kind.CHOICE, True, "Channel the record covers.", "email", choices=_choices(Channel)
+            ),
+            Column(
+                "purpose",
+                Kind.CHOICE,
+                True,
+                "Purpose the record covers.",
+                "marketing",
+                choices=_choices(Purpose),
+            ),
             Column(
                 "status",
                 Kind.CHOICE,
@@ -234,7 +252,13 @@ CONTRACT: dict[Entity, EntitySpec] = {
                 "granted",
                 choices=_choices(ConsentStatus),
             ),
-            Column("captured_at", Kind.DATETIME, True, "When it was given (UTC, ISO 8601).", "2024-03-05T10:12:00Z"),
+            Column(
+                "captured_at",
+                Kind.DATETIME,
+                True,
+                "When it was given (UTC, ISO 8601).",
+                "2024-03-05T10:12:00Z",
+            ),
             Column(
                 "lawful_basis",
                 Kind.CHOICE,
@@ -244,13 +268,21 @@ CONTRACT: dict[Entity, EntitySpec] = {
                 choices=_choices(LawfulBasis),
                 default=LawfulBasis.CONSENT.value,
             ),
-            Column("source", Kind.TEXT, False, "Where it was captured (form id, app screen, keyword).", "web:signup"),
+            Column(
+                "source",
+                Kind.TEXT,
+                False,
+                "Where it was captured (form id, app screen, keyword).",
+                "web:signup",
+            ),
             Column("text_version", Kind.TEXT, False, "Version of the consent text shown.", "mkt-email-v3"),
             Column("doi_confirmed_at", Kind.DATETIME, False, "Double opt-in confirmation time.", ""),
             Column("withdrawn_at", Kind.DATETIME, False, "When it was withdrawn.", ""),
             Column("withdrawal_method", Kind.TEXT, False, "How it was withdrawn (link, STOP, letter).", ""),
             Column("sale_reference", Kind.TEXT, False, "Sale or contract id a soft opt-in rests on.", ""),
-            Column("notice_version", Kind.TEXT, False, "Opt-out notice shown at collection (soft opt-in).", ""),
+            Column(
+                "notice_version", Kind.TEXT, False, "Opt-out notice shown at collection (soft opt-in).", ""
+            ),
             Column("expires_at", Kind.DATETIME, False, "Expiry where a market sets one (CASL implied).", ""),
             Column("controller", Kind.TEXT, False, "Legal entity the consent was given to.", "", default=""),
         ),
@@ -264,3 +296,30 @@ ENTITY_ORDER: tuple[Entity, ...] = (
     Entity.ACTIVITY,
     Entity.CONSENTS,
 )
+
+
+def contract_tables_markdown() -> str:
+    """Return the column tables of docs/data-contract.md, generated from CONTRACT."""
+    out: list[str] = []
+    for entity in ENTITY_ORDER:
+        spec = CONTRACT[entity]
+        out.append(f"### `{entity.value}`\n")
+        out.append(f"{spec.description} Key: {', '.join(f'`{k}`' for k in spec.key)}.")
+        if spec.parent is not None:
+            out.append(f" Each row belongs to a row of `{spec.parent[0].value}` through `{spec.parent[1]}`.")
+        out.append("\n\n| column | required | kind | meaning | example |\n|---|---|---|---|---|\n")
+        for col in spec.columns:
+            kind = col.kind.value + (f": {' / '.join(col.choices)}" if col.choices else "")
+            if col.non_negative:
+                kind += ", >= 0"
+            if col.positive:
+                kind += ", > 0"
+            if col.default is not None:
+                kind += f", default `{col.default or '(empty)'}`"
+            meaning = col.description + (" Personal data." if col.personal else "")
+            example = f"`{col.example}`" if col.example else ""
+            out.append(
+                f"| `{col.name}` | {'yes' if col.required else 'no'} | {kind} | {meaning} | {example} |\n"
+            )
+        out.append("\n")
+    return "".join(out).rstrip() + "\n"

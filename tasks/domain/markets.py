@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 class Market:
     """One market's defaults; consent rules per market live with the consent gate."""
 
-    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic when validating YAML
+    __pydantic_config__ = {"extra": "forbid"}
 
     code: str
     name: str

@@ -28,7 +28,7 @@ class SendRule(StrEnum):
 class Offer:
     """A reward offer carried by a marketing step: a discount if the customer renews by a deadline."""
 
-    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic when validating YAML
+    __pydantic_config__ = {"extra": "forbid"}
 
     discount: float
     deadline_days: int = 0
@@ -44,7 +44,7 @@ class Offer:
 class Step:
     """One reminder step, due `offset_days` from the contract's anchor date."""
 
-    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic when validating YAML
+    __pydantic_config__ = {"extra": "forbid"}
 
     id: str
     offset_days: int
@@ -70,14 +70,16 @@ class Step:
             raise ValueError(f"step {self.id!r}: template key {self.template!r} is not a plain name")
         unknown = set(self.risk_bands) - {"low", "medium", "high"}
         if unknown:
-            raise ValueError(f"step {self.id!r}: unknown risk band(s) {sorted(unknown)}; use low, medium, high")
+            raise ValueError(
+                f"step {self.id!r}: unknown risk band(s) {sorted(unknown)}; use low, medium, high"
+            )
 
 
 @dataclass(frozen=True)
 class Playbook:
     """An ordered set of steps for one kind of journey."""
 
-    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic when validating YAML
+    __pydantic_config__ = {"extra": "forbid"}
 
     id: str
     name: str

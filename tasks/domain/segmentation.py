@@ -15,7 +15,7 @@ SCORECARD_VERSION = "scorecard-v1"
 class Band:
     """A labelled range `[low, high]` of whole numbers (None = open)."""
 
-    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic when validating YAML
+    __pydantic_config__ = {"extra": "forbid"}
 
     label: str
     low: int | None = None
@@ -26,7 +26,7 @@ class Band:
 class Points:
     """Points added when a factor's value lies in `[low, high]`."""
 
-    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic when validating YAML
+    __pydantic_config__ = {"extra": "forbid"}
 
     points: int
     low: float | None = None
@@ -38,7 +38,7 @@ class Points:
 class Scorecard:
     """Points per factor; the score is their sum, clipped to 0..100 (higher = likelier to churn)."""
 
-    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic when validating YAML
+    __pydantic_config__ = {"extra": "forbid"}
 
     tenure_years: tuple[Points, ...]
     late_payments_12m: tuple[Points, ...]
@@ -56,7 +56,7 @@ class Scorecard:
 class SegmentationConfig:
     """Thresholds for windows, buckets and inactivity."""
 
-    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic when validating YAML
+    __pydantic_config__ = {"extra": "forbid"}
 
     renewal_windows: tuple[Band, ...]
     dpd_buckets: tuple[Band, ...]
@@ -135,7 +135,9 @@ def customer_features(
     today = pd.Timestamp(as_of)
     out = pd.DataFrame(index=pd.Index(customers["customer_key"], name="customer_key"))
     since = pd.to_datetime(customers.set_index("customer_key")["customer_since"])
-    out["tenure_years"] = (_days(pd.Series(today, index=since.index), since) / 365.25).fillna(0.0).clip(lower=0)
+    out["tenure_years"] = (
+        (_days(pd.Series(today, index=since.index), since) / 365.25).fillna(0.0).clip(lower=0)
+    )
 
     inst = instalments.assign(customer_key=instalment_customer.to_numpy())
     due = pd.to_datetime(inst["due_date"])
@@ -161,7 +163,9 @@ def contract_dpd(instalments: pd.DataFrame, as_of: date) -> pd.Series:
     today = pd.Timestamp(as_of)
     due = pd.to_datetime(instalments["due_date"])
     unpaid = pd.to_datetime(instalments["paid_date"]).isna() & (due < today)
-    overdue = instalments.loc[unpaid].assign(dpd=_days(pd.Series(today, index=due[unpaid].index), due[unpaid]))
+    overdue = instalments.loc[unpaid].assign(
+        dpd=_days(pd.Series(today, index=due[unpaid].index), due[unpaid])
+    )
     return overdue.groupby("contract_key")["dpd"].max().astype("int64")
 
 
@@ -193,7 +197,11 @@ def _top_factors(parts: pd.DataFrame) -> pd.Series:
     pieces = []
     for rank in range(order.shape[1]):
         value = values[rows, order[:, rank]]
-        text = pd.Series(names[order[:, rank]], index=parts.index) + "+" + pd.Series(value, index=parts.index).astype(str)
+        text = (
+            pd.Series(names[order[:, rank]], index=parts.index)
+            + "+"
+            + pd.Series(value, index=parts.index).astype(str)
+        )
         pieces.append(text.where(value > 0, ""))
     joined = pieces[0]
     for piece in pieces[1:]:

@@ -21,8 +21,17 @@ def _fmt(mapping: Mapping[str, Any], limit: int = 6) -> str:
     return shown + (f", +{len(items) - limit} more" if len(items) > limit else "")
 
 
-def stage_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """Return (stage, headline, detail) rows describing what each stage did."""
+def stage_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Return (stage, headline, detail, seconds) rows describing what each stage did."""
+    seconds = summary.get("seconds", {})
+    return [(stage, what, detail, _secs(seconds.get(stage))) for stage, what, detail in _stage_text(summary)]
+
+
+def _secs(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}s"
+
+
+def _stage_text(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     st = summary.get("stages", {})
     rows: list[tuple[str, str, str]] = []
     if "validate" in st:
@@ -109,7 +118,9 @@ def headline(summary: Mapping[str, Any]) -> str:
     plan = st.get("plan", {})
     disp = st.get("dispatch", {})
     if summary.get("status") == "failed":
-        return f"Cycle {summary.get('cycle_id')} stopped before sending: {summary.get('error', 'see the log')}"
+        return (
+            f"Cycle {summary.get('cycle_id')} stopped before sending: {summary.get('error', 'see the log')}"
+        )
     if summary.get("dry_run"):
         return f"Dry run: {plan.get('new', 0):,} messages would be new; nothing was sent."
     sent = disp.get("sent", 0)
@@ -129,11 +140,14 @@ def markdown(summary: Mapping[str, Any]) -> str:
         "",
         headline(summary),
         "",
-        "| stage | what happened | detail |",
-        "|---|---|---|",
+        "| stage | what happened | detail | time |",
+        "|---|---|---|---|",
     ]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in stage_rows(summary)]
-    for title, key in (("Messages by channel and status", "per_channel"), ("Decisions by reason", "per_reason")):
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in stage_rows(summary)]
+    for title, key in (
+        ("Messages by channel and status", "per_channel"),
+        ("Decisions by reason", "per_reason"),
+    ):
         table = summary.get(key) or {}
         if table:
             lines += ["", f"## {title}", "", "| key | count |", "|---|---|"]

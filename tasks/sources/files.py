@@ -16,12 +16,16 @@ SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 def find_entity_file(directory: Path, entity: Entity) -> Path:
     """Return the one file holding `entity` in `directory`."""
-    found = [directory / f"{entity.value}{s}" for s in SUFFIXES if (directory / f"{entity.value}{s}").exists()]
+    found = [
+        directory / f"{entity.value}{s}" for s in SUFFIXES if (directory / f"{entity.value}{s}").exists()
+    ]
     if not found:
         expected = " or ".join(f"{entity.value}{s}" for s in SUFFIXES)
         raise SourceError(str(directory), f"no file for {entity.value}: expected {expected}")
     if len(found) > 1:
-        raise SourceError(str(directory), f"more than one file for {entity.value}: {', '.join(p.name for p in found)}")
+        raise SourceError(
+            str(directory), f"more than one file for {entity.value}: {', '.join(p.name for p in found)}"
+        )
     return found[0]
 
 
@@ -65,7 +69,9 @@ def read_csv_entity(path: Path, entity: Entity) -> RawFrame:
     frame.columns = [str(c).strip() for c in frame.columns]
     check_columns(entity, str(path), list(frame.columns))
     known = [c for c in CONTRACT[entity].column_names if c in frame.columns]
-    return RawFrame(entity, str(path), as_text(frame[known]).reset_index(drop=True), _csv_lines(text, len(frame)))
+    return RawFrame(
+        entity, str(path), as_text(frame[known]).reset_index(drop=True), _csv_lines(text, len(frame))
+    )
 
 
 def read_parquet_entity(path: Path, entity: Entity) -> RawFrame:
@@ -91,5 +97,7 @@ def read_directory(directory: Path) -> dict[Entity, RawFrame]:
     out: dict[Entity, RawFrame] = {}
     for entity in ENTITY_ORDER:
         path = find_entity_file(directory, entity)
-        out[entity] = read_parquet_entity(path, entity) if path.suffix == ".parquet" else read_csv_entity(path, entity)
+        out[entity] = (
+            read_parquet_entity(path, entity) if path.suffix == ".parquet" else read_csv_entity(path, entity)
+        )
     return out

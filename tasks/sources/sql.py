@@ -19,7 +19,7 @@ from tasks.sources.raw import RawFrame, SourceError, as_text, check_columns
 class EntityMapping:
     """Where one entity lives: a table (optionally with a WHERE) or a full query, and column renames."""
 
-    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic when validating YAML
+    __pydantic_config__ = {"extra": "forbid"}
 
     table: str | None = None
     query: str | None = None
@@ -37,7 +37,7 @@ class EntityMapping:
 class SqlMapping:
     """The mapping file: a URL (optional, else the settings' source_url) and one entry per entity."""
 
-    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic when validating YAML
+    __pydantic_config__ = {"extra": "forbid"}
 
     entities: dict[Entity, EntityMapping]
     url: str | None = None
@@ -84,8 +84,10 @@ def read_sql_source(url: str, mapping: SqlMapping) -> dict[Entity, RawFrame]:
                 label = f"sql:{entry.table or entity.value}"
                 try:
                     frame = pd.read_sql(text(_query(entry)), conn)
-                except SQLAlchemyError as exc:
-                    raise SourceError(label, f"query failed: {exc.__class__.__name__}: {exc.orig}") from exc
+                except (SQLAlchemyError, pd.errors.DatabaseError) as exc:
+                    raise SourceError(
+                        label, f"query failed: {exc.__class__.__name__}: {getattr(exc, 'orig', exc)}"
+                    ) from exc
                 reverse = {source: contract for contract, source in entry.columns.items()}
                 frame = frame.rename(columns=reverse)
                 check_columns(entity, label, list(frame.columns))
@@ -94,7 +96,9 @@ def read_sql_source(url: str, mapping: SqlMapping) -> dict[Entity, RawFrame]:
                     entity, label, as_text(frame[known]), pd.Series(range(1, len(frame) + 1)), "row"
                 )
     except SQLAlchemyError as exc:
-        raise SourceError(str(engine.url.render_as_string(hide_password=True)), f"cannot connect: {exc}") from exc
+        raise SourceError(
+            str(engine.url.render_as_string(hide_password=True)), f"cannot connect: {exc}"
+        ) from exc
     finally:
         engine.dispose()
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -79,11 +78,6 @@ class Problems:
             self.reasons.append(reason)
             self.details.append(detail)
 
-    def add_each(self, positions: np.ndarray, field: str, reason: Reason, details: list[str]) -> None:
-        """Record `reason` with a row-specific detail for each position."""
-        for pos, detail in zip(positions, details, strict=True):
-            self.add_positions(np.array([pos]), field, reason, detail)
-
     def add_positions(self, positions: np.ndarray, field: str, reason: Reason, detail: str) -> None:
         """Record `reason` for the given row positions."""
         if len(positions):
@@ -106,6 +100,11 @@ def _currencies() -> frozenset[str]:
 
 
 @lru_cache(maxsize=1)
+def _territories() -> frozenset[str]:
+    return frozenset(str(k) for k in Locale("en").territories if str(k).isalpha())
+
+
+@lru_cache(maxsize=1)
 def _timezones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
@@ -119,7 +118,15 @@ def canonical_locale(tag: str) -> str | None:
     try:
         Locale.parse(norm, sep="-")
     except (UnknownLocaleError, ValueError):
-        return None
+        # A valid language in a valid territory is a real tag even when CLDR has no data for the
+        # pair (tr-DE, en-VN); rendering then falls back along the chain.
+        parts = norm.split("-")
+        if len(parts) != 2 or parts[1] not in _territories():
+            return None
+        try:
+            Locale.parse(parts[0])
+        except (UnknownLocaleError, ValueError):
+            return None
     return norm
 
 
@@ -129,16 +136,17 @@ def normalise_phone(raw: str, region: str) -> tuple[str | None, str]:
         number = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException:
         return None, f"not a phone number (region {region})"
-    if not phonenumbers.is_valid_number(number):
+    # number_type does the full metadata match that is_valid_number would repeat; UNKNOWN = invalid.
+    kind = phonenumbers.number_type(number)
+    if kind == phonenumbers.PhoneNumberType.UNKNOWN:
         return None, f"not a valid number for its country (region {region})"
-    if phonenumbers.number_type(number) not in _SMS_CAPABLE:
+    if kind not in _SMS_CAPABLE:
         return None, "not a mobile number (cannot receive SMS)"
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), ""
 
 
 def _row_hash(frame: pd.DataFrame) -> pd.Series:
-    hashed = pd.util.hash_pandas_object(frame, index=False)
-    return hashed.map(lambda v: f"{int(v):016x}")
+    return pd.util.hash_pandas_object(frame, index=False).astype(str)
 
 
 def _parse_column(
@@ -194,10 +202,15 @@ def _parse_column(
         return lowered.isin(_TRUE)
     if kind in (Kind.DECIMAL, Kind.INT):
         number = pd.to_numeric(raw.where(present), errors="coerce")
+        number = number.where(np.isfinite(number.astype("float64")))
         bad = present & number.isna()
+        if kind is Kind.DECIMAL:
+            bad |= present & number.notna() & ((number * 100).round(6) % 1 != 0)
         if kind is Kind.INT:
             bad |= present & number.notna() & (number % 1 != 0)
-        problems.add(bad, col.name, Reason.BAD_NUMBER, "not a number" if kind is Kind.DECIMAL else "not a whole number")
+        problems.add(
+            bad, col.name, Reason.BAD_NUMBER, "not a number" if kind is Kind.DECIMAL else "not a whole number"
+        )
         if col.non_negative or col.positive:
             problems.add(number < 0, col.name, Reason.NEGATIVE_AMOUNT, "must not be negative")
         if col.positive:
@@ -214,7 +227,7 @@ def _parse_column(
             value = (local_domain[0] + "@" + local_domain[1].str.lower()).where(present, None)
         return value.where(present, None)
     if kind is Kind.PHONE:
-        out = pd.Series(None, index=raw.index, dtype="object")
+        values: list[str | None] = [None] * len(raw)
         bad_pos, bad_details = [], []
         region_values = regions if regions is not None else pd.Series("", index=raw.index)
         for pos, (value, region) in enumerate(zip(raw.to_numpy(), region_values.to_numpy(), strict=True)):
@@ -225,9 +238,12 @@ def _parse_column(
                 bad_pos.append(pos)
                 bad_details.append(why)
             else:
-                out.iat[pos] = e164
+                values[pos] = e164
+        out = pd.Series(values, index=raw.index, dtype="object")
         for why in sorted(set(bad_details)):
-            positions = np.array([p for p, d in zip(bad_pos, bad_details, strict=True) if d == why], dtype=int)
+            positions = np.array(
+                [p for p, d in zip(bad_pos, bad_details, strict=True) if d == why], dtype=int
+            )
             problems.add_positions(positions, col.name, Reason.BAD_PHONE, why)
         return out
     if kind is Kind.LOCALE:
@@ -246,10 +262,14 @@ def _parse_column(
         return value.where(present, None)
     if kind is Kind.CURRENCY:
         value = raw.str.upper()
-        problems.add(present & ~value.isin(_currencies()), col.name, Reason.BAD_CURRENCY, "not an ISO 4217 code")
+        problems.add(
+            present & ~value.isin(_currencies()), col.name, Reason.BAD_CURRENCY, "not an ISO 4217 code"
+        )
         return value.where(present, None)
     if kind is Kind.TIMEZONE:
-        problems.add(present & ~raw.isin(_timezones()), col.name, Reason.BAD_TIMEZONE, "not an IANA time zone")
+        problems.add(
+            present & ~raw.isin(_timezones()), col.name, Reason.BAD_TIMEZONE, "not an IANA time zone"
+        )
         return raw.where(present, None)
     raise AssertionError(f"unhandled kind {kind}")
 
@@ -260,24 +280,37 @@ def _duplicates(raw: RawFrame, spec: EntitySpec, problems: Problems) -> None:
     frame = raw.frame
     if any(k not in frame.columns for k in key):
         return
-    keyed = frame[key].apply(tuple, axis=1) if len(key) > 1 else frame[key[0]]
-    has_key = (frame[key] != "").all(axis=1)
-    dup = keyed.duplicated(keep=False) & has_key
+    required = [k for k in key if spec.column(k).required]
+    has_key = (frame[required] != "").all(axis=1).to_numpy()
+    dup = frame.duplicated(subset=key, keep=False).to_numpy() & has_key
     if not dup.any():
         return
-    content = _row_hash(frame)
-    groups = pd.DataFrame({"k": keyed[dup], "h": content[dup], "line": raw.lines[dup]})
-    for _k, group in groups.groupby("k", sort=False):
+    rows = frame.loc[dup]
+    groups = pd.DataFrame(
+        {
+            "group": rows.groupby(key, sort=False).ngroup().to_numpy(),
+            "content": _row_hash(rows).to_numpy(),
+            "line": raw.lines.to_numpy()[dup],
+            "position": np.flatnonzero(dup),
+        }
+    )
+    for _, group in groups.groupby("group", sort=False):
         first_line = int(group["line"].iloc[0])
-        positions = group.index.to_numpy()
-        if group["h"].nunique() == 1:
+        positions = group["position"].to_numpy()
+        if group["content"].nunique() == 1:
             problems.add_positions(
-                positions[1:], spec.key[-1], Reason.DUPLICATE_KEY, f"identical copy of {raw.line_label} {first_line}"
+                positions[1:],
+                spec.key[-1],
+                Reason.DUPLICATE_KEY,
+                f"identical copy of {raw.line_label} {first_line}",
             )
         else:
             lines = ", ".join(str(int(v)) for v in group["line"])
             problems.add_positions(
-                positions, spec.key[-1], Reason.DUPLICATE_KEY, f"conflicting rows at {raw.line_label}s {lines}"
+                positions,
+                spec.key[-1],
+                Reason.DUPLICATE_KEY,
+                f"conflicting rows at {raw.line_label}s {lines}",
             )
 
 
@@ -301,7 +334,11 @@ def validate_entity(
     spec = CONTRACT[raw.entity]
     frame = raw.frame.reset_index(drop=True)
     problems = Problems([], [], [], [])
-    _duplicates(RawFrame(raw.entity, raw.source, frame, raw.lines.reset_index(drop=True), raw.line_label), spec, problems)
+    _duplicates(
+        RawFrame(raw.entity, raw.source, frame, raw.lines.reset_index(drop=True), raw.line_label),
+        spec,
+        problems,
+    )
 
     regions = None
     if "market" in frame.columns:
@@ -329,33 +366,30 @@ def validate_entity(
     return Validated(raw.entity, clean, _quarantine_frame(raw, frame, spec, problems), len(frame))
 
 
-def _quarantine_frame(raw: RawFrame, frame: pd.DataFrame, spec: EntitySpec, problems: Problems) -> pd.DataFrame:
+def _quarantine_frame(
+    raw: RawFrame, frame: pd.DataFrame, spec: EntitySpec, problems: Problems
+) -> pd.DataFrame:
     if not problems.rows:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in QUARANTINE_COLUMNS})
-    parts = []
-    lines = raw.lines.reset_index(drop=True).to_numpy()
-    key_values = frame[list(spec.key)].astype(str).agg("|".join, axis=1).to_numpy()
-    for positions, field, reason, detail in zip(
-        problems.rows, problems.fields, problems.reasons, problems.details, strict=True
-    ):
-        parts.append(
-            pd.DataFrame(
-                {
-                    "position": positions,
-                    "line": lines[positions],
-                    "record_key": key_values[positions],
-                    "field": field,
-                    "reason": reason.value,
-                    "detail": detail,
-                }
+    out = pd.concat(
+        [
+            pd.DataFrame({"position": positions, "field": field, "reason": reason.value, "detail": detail})
+            for positions, field, reason, detail in zip(
+                problems.rows, problems.fields, problems.reasons, problems.details, strict=True
             )
-        )
-    out = pd.concat(parts, ignore_index=True).sort_values(["line", "field"], kind="stable")
-    records = frame.to_dict("records")
-    out["raw"] = [records[p] for p in out["position"]]
+        ],
+        ignore_index=True,
+    )
+    positions = out["position"].to_numpy()
+    bad = frame.iloc[np.unique(positions)]
+    keys = bad[list(spec.key)].astype(str).agg("|".join, axis=1)
+    records = dict(zip(bad.index, bad.to_dict("records"), strict=True))
+    out["line"] = raw.lines.to_numpy()[positions].astype("int64")
+    out["record_key"] = keys.reindex(positions).to_numpy()
+    out["raw"] = [records[p] for p in positions]
     out["entity"] = raw.entity.value
     out["source"] = raw.source
-    out["line"] = out["line"].astype("int64")
+    out = out.sort_values(["line", "field"], kind="stable")
     return out[list(QUARANTINE_COLUMNS)].reset_index(drop=True)
 
 
@@ -424,8 +458,3 @@ def validate_all(
         else pd.DataFrame({c: pd.Series(dtype="object") for c in QUARANTINE_COLUMNS})
     )
     return ValidationResult(clean, quarantine, rows_read)
-
-
-def stable_hash(value: str) -> str:
-    """Return a short stable hex digest of `value`."""
-    return hashlib.blake2b(value.encode(), digest_size=8).hexdigest()

@@ -53,7 +53,9 @@ def _typed(df: pd.DataFrame, table: Table) -> pd.DataFrame:
             out[name] = series.astype("boolean")
         elif isinstance(col_type, JSON):
             out[name] = series.map(lambda v: None if v is None else json.dumps(v, default=str))
-        elif isinstance(col_type, (Integer, Numeric, Float)):
+        elif isinstance(col_type, Integer):
+            out[name] = pd.to_numeric(series).astype("Int64")
+        elif isinstance(col_type, (Numeric, Float)):
             out[name] = pd.to_numeric(series)
         else:
             out[name] = series.astype("object")
@@ -75,14 +77,26 @@ def _records(df: pd.DataFrame, table: Table) -> list[dict[str, Any]]:
 def _csv_payload(df: pd.DataFrame, table: Table) -> bytes:
     typed = _typed(df, table)
     buf = io.StringIO()
-    typed.to_csv(buf, index=False, header=False, na_rep="", date_format="%Y-%m-%d %H:%M:%S.%f%z")
+    # NULL is spelled \N so that an empty string stays an empty string.
+    typed.to_csv(buf, index=False, header=False, na_rep="\\N", date_format="%Y-%m-%d %H:%M:%S.%f%z")
     return buf.getvalue().encode("utf-8")
 
 
-def _copy_in(conn: Connection, target: str, columns: list[str], payload: bytes) -> None:
+def _driver(conn: Connection) -> Any:
+    """Return the psycopg connection under a SQLAlchemy connection (for COPY)."""
     raw = conn.connection.driver_connection
+    if raw is None:
+        raise RuntimeError("connection is closed")
+    return raw
+
+
+def _copy_in(conn: Connection, target: str, columns: list[str], payload: bytes) -> None:
+    raw = _driver(conn)
     cols = ", ".join(f'"{c}"' for c in columns)
-    with raw.cursor() as cur, cur.copy(f"COPY {target} ({cols}) FROM STDIN WITH (FORMAT csv)") as copy:  # type: ignore[union-attr]
+    with (
+        raw.cursor() as cur,
+        cur.copy(f"COPY {target} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')") as copy,
+    ):
         for start in range(0, len(payload), 8 << 20):
             copy.write(payload[start : start + (8 << 20)])
 
@@ -118,8 +132,10 @@ def insert_new(conn: Connection, table: Table, df: pd.DataFrame, key: list[str])
 def _stage(conn: Connection, table: Table, df: pd.DataFrame) -> str:
     """Copy `df` into a temporary table shaped like `table` and return its name."""
     tmp = f"tmp_{table.name}_{uuid.uuid4().hex[:8]}"
+    cols = ", ".join(f'"{c}"' for c in df.columns)
+    # CREATE TABLE AS copies the column types but not the NOT NULL constraints a partial update lacks.
     conn.exec_driver_sql(
-        f'CREATE TEMP TABLE {tmp} (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP'
+        f'CREATE TEMP TABLE {tmp} ON COMMIT DROP AS SELECT {cols} FROM "{table.name}" WITH NO DATA'
     )
     _copy_in(conn, tmp, list(df.columns), _csv_payload(df, table))
     return tmp
@@ -193,9 +209,9 @@ def read_frame(conn: Connection, stmt: Select[Any]) -> pd.DataFrame:
     names = [c.key for c in columns]
     if _is_pg(conn):
         sql = str(stmt.compile(conn, compile_kwargs={"literal_binds": True}))
-        raw = conn.connection.driver_connection
+        raw = _driver(conn)
         buf = io.BytesIO()
-        with raw.cursor() as cur, cur.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)") as copy:  # type: ignore[union-attr]
+        with raw.cursor() as cur, cur.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, NULL '\\N')") as copy:
             for chunk in copy:
                 buf.write(chunk)
         buf.seek(0)
@@ -203,12 +219,20 @@ def read_frame(conn: Connection, stmt: Select[Any]) -> pd.DataFrame:
             frame = pd.DataFrame({n: pd.Series(dtype="object") for n in names})
         else:
             frame = pd.read_csv(
-                buf, header=None, names=names, dtype=str, keep_default_na=False, na_values=[""]
+                buf, header=None, names=names, dtype=str, keep_default_na=False, na_values=["\\N"]
             )
     else:
         result = conn.execute(stmt)
         frame = pd.DataFrame(result.fetchall(), columns=names)
     return _coerce(frame, columns)
+
+
+def _as_bool(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if isinstance(value, str):
+        return value in {"t", "true", "1"}
+    return bool(value)
 
 
 def _coerce(frame: pd.DataFrame, columns: list[Any]) -> pd.DataFrame:
@@ -220,7 +244,7 @@ def _coerce(frame: pd.DataFrame, columns: list[Any]) -> pd.DataFrame:
         elif isinstance(col_type, Date):
             frame[name] = pd.to_datetime(series).astype("datetime64[ns]")
         elif isinstance(col_type, Boolean):
-            frame[name] = series.map({"t": True, "f": False, True: True, False: False, 1: True, 0: False})
+            frame[name] = series.map(_as_bool)
             frame[name] = frame[name].astype("boolean")
         elif isinstance(col_type, Integer):
             frame[name] = pd.to_numeric(series).astype("Int64")

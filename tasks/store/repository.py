@@ -58,7 +58,8 @@ def known_keys(conn: Connection, entity: Entity) -> pd.Index:
     table = ENTITY_TABLES[entity]
     key = CONTRACT[entity].key[0]
     frame = read_frame(conn, select(table.c[key]))
-    return pd.Index(frame[key].dropna().astype(str).unique())
+    keys: pd.Index = pd.Index(frame[key].dropna().astype(str).unique())
+    return keys
 
 
 # --- load -----------------------------------------------------------------------------------------
@@ -71,7 +72,9 @@ def _with_loaded_at(frame: pd.DataFrame, now: datetime) -> pd.DataFrame:
 def sync_customers(conn: Connection, frame: pd.DataFrame, now: datetime) -> SyncStats:
     """Upsert customers; erased customers are never restored by a re-import."""
     df = frame.rename(columns={"phone": "phone_e164"})
-    return sync_frame(conn, s.customers, _with_loaded_at(df, now), ["customer_key"], only_where_null="erased_at")
+    return sync_frame(
+        conn, s.customers, _with_loaded_at(df, now), ["customer_key"], only_where_null="erased_at"
+    )
 
 
 def sync_entity(conn: Connection, entity: Entity, frame: pd.DataFrame, now: datetime) -> SyncStats:
@@ -97,7 +100,9 @@ def append_consents(conn: Connection, frame: pd.DataFrame, controller: str, now:
     if not last.empty:
         last = last.sort_values("consent_id").drop_duplicates(key, keep="last")[key + ["row_hash"]]
     merged = df.merge(last, on=key, how="left", suffixes=("", "_last"))
-    fresh = merged["row_hash_last"].isna() if "row_hash_last" in merged else pd.Series(True, index=merged.index)
+    fresh = (
+        merged["row_hash_last"].isna() if "row_hash_last" in merged else pd.Series(True, index=merged.index)
+    )
     changed = ~fresh & (merged["row_hash"] != merged.get("row_hash_last"))
     new_rows = df.loc[(fresh | changed).to_numpy()].assign(origin="crm", recorded_at=now)
     insert_frame(conn, s.consents, new_rows)
@@ -253,7 +258,9 @@ def insert_holdouts(conn: Connection, cycle_id: int, frame: pd.DataFrame, playbo
     """Record the control-group contracts that would have got a step today; return how many were new."""
     if frame.empty:
         return 0
-    df = frame[["contract_key", "customer_key", "step", "anchor_date"]].assign(cycle_id=cycle_id, playbook=playbook)
+    df = frame[["contract_key", "customer_key", "step", "anchor_date"]].assign(
+        cycle_id=cycle_id, playbook=playbook
+    )
     return insert_frame(conn, s.holdouts, df)
 
 
@@ -296,7 +303,9 @@ def read_contacts(conn: Connection, customer_keys: Sequence[str], hash_key: byte
             "identifier_hash"
         ]
     )
-    email_hit = df["email"].map(lambda v: v is not None and pii_hash(hash_key, "email", v) in suppressed_hashes)
+    email_hit = df["email"].map(
+        lambda v: v is not None and pii_hash(hash_key, "email", v) in suppressed_hashes
+    )
     phone_hit = df["phone_e164"].map(
         lambda v: v is not None and pii_hash(hash_key, "phone", v) in suppressed_hashes
     )
@@ -335,7 +344,15 @@ def read_consents(conn: Connection, customer_keys: Sequence[str]) -> pd.DataFram
         )
     if not frames:
         return pd.DataFrame(
-            columns=["consent_id", "customer_key", "channel", "purpose", "status", "captured_at", "withdrawn_at"]
+            columns=[
+                "consent_id",
+                "customer_key",
+                "channel",
+                "purpose",
+                "status",
+                "captured_at",
+                "withdrawn_at",
+            ]
         )
     return pd.concat(frames, ignore_index=True)
 
@@ -451,7 +468,9 @@ def stuck_sending(conn: Connection, cycle_id: int) -> pd.DataFrame:
 # --- summary --------------------------------------------------------------------------------------
 
 
-def count_by(conn: Connection, table_name: str, cycle_id: int, columns: Sequence[str]) -> list[dict[str, Any]]:
+def count_by(
+    conn: Connection, table_name: str, cycle_id: int, columns: Sequence[str]
+) -> list[dict[str, Any]]:
     """Return row counts of a cycle's rows grouped by `columns`."""
     table = s.metadata.tables[table_name]
     cols = [table.c[c] for c in columns]
@@ -485,4 +504,3 @@ def previous_cycles_today(conn: Connection, as_of: date, playbook: str, markets:
         )
     )
     return int(conn.execute(stmt).scalar_one())
-

@@ -38,12 +38,19 @@ def test_sync_inserts_then_updates_only_changed_rows(engine: Engine) -> None:
         stats = sync_customers(conn, first, NOW)
     assert (stats.inserted, stats.updated, stats.unchanged) == (2, 0, 0)
 
-    second = _clean(customers=[{"first_name": "Annette"}, {"customer_key": "C0000002", "phone": ""}])[Entity.CUSTOMERS]
+    second = _clean(customers=[{"first_name": "Annette"}, {"customer_key": "C0000002", "phone": ""}])[
+        Entity.CUSTOMERS
+    ]
     with engine.begin() as conn:
         stats = sync_customers(conn, second, NOW)
-        names = read_frame(conn, select(s.customers.c.customer_key, s.customers.c.first_name, s.customers.c.phone_e164))
+        names = read_frame(
+            conn, select(s.customers.c.customer_key, s.customers.c.first_name, s.customers.c.phone_e164)
+        )
     assert (stats.inserted, stats.updated, stats.unchanged) == (0, 1, 1)
-    assert names.set_index("customer_key")["first_name"].to_dict() == {"C0000001": "Annette", "C0000002": "Anna"}
+    assert names.set_index("customer_key")["first_name"].to_dict() == {
+        "C0000001": "Annette",
+        "C0000002": "Anna",
+    }
     assert names.set_index("customer_key").loc["C0000001", "phone_e164"] == "+4915123456789"
 
 
@@ -52,7 +59,9 @@ def test_erased_customer_is_not_restored_by_a_reimport(engine: Engine) -> None:
     with engine.begin() as conn:
         sync_customers(conn, frame, NOW)
         conn.execute(
-            s.customers.update().values(first_name=None, email=None, phone_e164=None, erased_at=NOW, row_hash="erased")
+            s.customers.update().values(
+                first_name=None, email=None, phone_e164=None, erased_at=NOW, row_hash="erased"
+            )
         )
     with engine.begin() as conn:
         stats = sync_customers(conn, frame, NOW)
@@ -106,10 +115,14 @@ def test_consent_history_is_appended_never_overwritten(engine: Engine) -> None:
         sync_customers(conn, granted[Entity.CUSTOMERS], NOW)
         assert append_consents(conn, granted[Entity.CONSENTS], "bank", NOW).inserted == 1
         assert append_consents(conn, granted[Entity.CONSENTS], "bank", NOW).unchanged == 1
-    withdrawn = _clean(customers=[{}], consents=[{"status": "withdrawn", "withdrawn_at": "2026-01-02T09:00:00Z"}])
+    withdrawn = _clean(
+        customers=[{}], consents=[{"status": "withdrawn", "withdrawn_at": "2026-01-02T09:00:00Z"}]
+    )
     with engine.begin() as conn:
         assert append_consents(conn, withdrawn[Entity.CONSENTS], "bank", NOW).updated == 1
-        rows = read_frame(conn, select(s.consents.c.status, s.consents.c.controller).order_by(s.consents.c.consent_id))
+        rows = read_frame(
+            conn, select(s.consents.c.status, s.consents.c.controller).order_by(s.consents.c.consent_id)
+        )
     assert rows["status"].tolist() == ["granted", "withdrawn"]
     assert set(rows["controller"]) == {"bank"}
 

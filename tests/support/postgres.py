@@ -98,7 +98,9 @@ def throwaway_server() -> Iterator[str]:
             time.sleep(0.2)
         yield dsn
     finally:
-        subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        subprocess.run(
+            [*prefix, f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 

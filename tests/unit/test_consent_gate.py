@@ -68,19 +68,29 @@ def test_objection_to_service_sms_blocks_service_sms_only() -> None:
 
 @pytest.mark.parametrize(
     ("flags", "reason"),
-    [({"erased": True}, "ERASED"), ({"suppressed": True}, "SUPPRESSED"), ({"has_email": False}, "NO_ADDRESS")],
+    [
+        ({"erased": True}, "ERASED"),
+        ({"suppressed": True}, "SUPPRESSED"),
+        ({"has_email": False}, "NO_ADDRESS"),
+    ],
 )
 def test_erasure_suppression_and_missing_address_block(flags: dict[str, bool], reason: str) -> None:
     assert _decide("email", "service", **flags)["reason"] == reason
 
 
 def test_erasure_outranks_consent() -> None:
-    assert _decide("email", "marketing", _consents(("email", "marketing", "granted")), erased=True)["reason"] == "ERASED"
+    assert (
+        _decide("email", "marketing", _consents(("email", "marketing", "granted")), erased=True)["reason"]
+        == "ERASED"
+    )
 
 
 def test_whatsapp_needs_an_opt_in_even_for_service() -> None:
     assert _decide("whatsapp", "service")["reason"] == "NO_WHATSAPP_OPT_IN"
-    assert _decide("whatsapp", "service", _consents(("whatsapp", "marketing", "granted")))["reason"] == "CONTRACT_BASIS"
+    assert (
+        _decide("whatsapp", "service", _consents(("whatsapp", "marketing", "granted")))["reason"]
+        == "CONTRACT_BASIS"
+    )
 
 
 def test_unknown_customer_is_blocked_for_lack_of_address() -> None:
@@ -133,10 +143,18 @@ class TestChooseChannels:
         return choose_channels(cands, decisions)
 
     def test_first_allowed_channel_is_queued_and_later_ones_wait(self) -> None:
-        assert self._plan("first", ["allowed", "allowed", "allowed"]).tolist() == ["queued", "standby", "standby"]
+        assert self._plan("first", ["allowed", "allowed", "allowed"]).tolist() == [
+            "queued",
+            "standby",
+            "standby",
+        ]
 
     def test_blocked_first_channel_falls_back_to_the_next(self) -> None:
         assert self._plan("first", ["blocked", "allowed"]).tolist() == ["blocked", "queued"]
 
     def test_send_all_queues_every_allowed_channel(self) -> None:
-        assert self._plan("all", ["allowed", "blocked", "allowed"]).tolist() == ["queued", "blocked", "queued"]
+        assert self._plan("all", ["allowed", "blocked", "allowed"]).tolist() == [
+            "queued",
+            "blocked",
+            "queued",
+        ]

@@ -15,7 +15,9 @@ from tests.support.factories import raw_set, write_csvs
 
 @pytest.fixture
 def source_dir(tmp_path: Path) -> Path:
-    write_csvs(tmp_path, raw_set(customers=[{}], contracts=[{}], instalments=[{}], activity=[{}], consents=[{}]))
+    write_csvs(
+        tmp_path, raw_set(customers=[{}], contracts=[{}], instalments=[{}], activity=[{}], consents=[{}])
+    )
     return tmp_path
 
 

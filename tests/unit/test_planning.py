@@ -41,7 +41,17 @@ def _segments(days: list[int], **cols: list[object]) -> pd.DataFrame:
 
 @pytest.mark.parametrize(
     ("days_to_end", "step"),
-    [(30, "T-30"), (28, "T-30"), (27, None), (14, "T-14"), (7, "T-7"), (1, "T-1"), (-3, "T+3"), (-6, None), (45, None)],
+    [
+        (30, "T-30"),
+        (28, "T-30"),
+        (27, None),
+        (14, "T-14"),
+        (7, "T-7"),
+        (1, "T-1"),
+        (-3, "T+3"),
+        (-6, None),
+        (45, None),
+    ],
 )
 def test_step_due_on_its_offset_and_for_the_catch_up_days(days_to_end: int, step: str | None) -> None:
     due = due_steps(_segments([days_to_end]), BOOK, AS_OF)

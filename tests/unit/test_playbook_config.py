@@ -62,7 +62,9 @@ def test_unknown_channel_is_rejected_with_the_allowed_values(tmp_path: Path) -> 
 
 
 def test_missing_required_field(tmp_path: Path) -> None:
-    assert "steps[0].template: required field is missing" in _error(tmp_path, GOOD.replace("    template: renewal_notice\n", ""))
+    assert "steps[0].template: required field is missing" in _error(
+        tmp_path, GOOD.replace("    template: renewal_notice\n", "")
+    )
 
 
 def test_wrong_type(tmp_path: Path) -> None:
@@ -117,6 +119,8 @@ def test_yaml_syntax_error_names_the_file(tmp_path: Path) -> None:
 
 def test_bad_market_file_is_named(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "config" / "markets", tmp_path / "markets")
-    (tmp_path / "markets" / "DE.yaml").write_text((ROOT / "config/markets/DE.yaml").read_text().replace("EUR", "EURO"))
+    (tmp_path / "markets" / "DE.yaml").write_text(
+        (ROOT / "config/markets/DE.yaml").read_text().replace("EUR", "EURO")
+    )
     with pytest.raises(ConfigError, match=r"DE\.yaml.*currency must be an ISO 4217 code"):
         load_markets(tmp_path)

@@ -46,10 +46,22 @@ def _frames(
     rows = []
     for i in range(late_paid):
         due = pd.Timestamp(AS_OF) - pd.Timedelta(days=30 * (i + 1))
-        rows.append({"instalment_key": f"L{i}", "contract_key": "K1", "due_date": due, "paid_date": due + pd.Timedelta(days=5)})
+        rows.append(
+            {
+                "instalment_key": f"L{i}",
+                "contract_key": "K1",
+                "due_date": due,
+                "paid_date": due + pd.Timedelta(days=5),
+            }
+        )
     if dpd is not None:
         rows.append(
-            {"instalment_key": "U", "contract_key": "K1", "due_date": pd.Timestamp(AS_OF) - pd.Timedelta(days=dpd), "paid_date": pd.NaT}
+            {
+                "instalment_key": "U",
+                "contract_key": "K1",
+                "due_date": pd.Timestamp(AS_OF) - pd.Timedelta(days=dpd),
+                "paid_date": pd.NaT,
+            }
         )
     instalments = pd.DataFrame(rows, columns=["instalment_key", "contract_key", "due_date", "paid_date"])
     months = [(pd.Timestamp(AS_OF).to_period("M") - k).to_timestamp() for k in (1, 2, 3)]
@@ -59,13 +71,27 @@ def _frames(
 
 def _segment(**kwargs: object) -> pd.Series:
     f = _frames(**kwargs)  # type: ignore[arg-type]
-    return segment_contracts(f["contracts"], f["customers"], f["instalments"], f["activity"], AS_OF, CONFIG).iloc[0]
+    return segment_contracts(
+        f["contracts"], f["customers"], f["instalments"], f["activity"], AS_OF, CONFIG
+    ).iloc[0]
 
 
 @pytest.mark.parametrize(
     ("days", "window"),
-    [(-1, "lapsed"), (0, "0-7"), (7, "0-7"), (8, "8-14"), (14, "8-14"), (15, "15-30"), (30, "15-30"),
-     (31, "31-60"), (60, "31-60"), (61, "61-90"), (90, "61-90"), (91, ">90")],
+    [
+        (-1, "lapsed"),
+        (0, "0-7"),
+        (7, "0-7"),
+        (8, "8-14"),
+        (14, "8-14"),
+        (15, "15-30"),
+        (30, "15-30"),
+        (31, "31-60"),
+        (60, "31-60"),
+        (61, "61-90"),
+        (90, "61-90"),
+        (91, ">90"),
+    ],
 )
 def test_renewal_window_boundaries(days: int, window: str) -> None:
     assert _segment(days_to_end=days)["renewal_window"] == window
@@ -73,7 +99,16 @@ def test_renewal_window_boundaries(days: int, window: str) -> None:
 
 @pytest.mark.parametrize(
     ("dpd", "bucket"),
-    [(None, "current"), (1, "1-29"), (29, "1-29"), (30, "30-59"), (59, "30-59"), (60, "60-89"), (89, "60-89"), (90, "90+")],
+    [
+        (None, "current"),
+        (1, "1-29"),
+        (29, "1-29"),
+        (30, "30-59"),
+        (59, "30-59"),
+        (60, "60-89"),
+        (89, "60-89"),
+        (90, "90+"),
+    ],
 )
 def test_days_past_due_bucket_boundaries(dpd: int | None, bucket: str) -> None:
     row = _segment(dpd=dpd)
@@ -116,7 +151,10 @@ def test_band_thresholds() -> None:
     [
         ({"dpd": 60, "days_to_end": 5}, "arrears_severe"),
         ({"dpd": 1, "days_to_end": 5}, "arrears"),
-        ({"days_to_end": 5, "since_years": 0.2, "tx_per_month": 0, "auto_renew": False}, "renewal_due_high_risk"),
+        (
+            {"days_to_end": 5, "since_years": 0.2, "tx_per_month": 0, "auto_renew": False},
+            "renewal_due_high_risk",
+        ),
         ({"days_to_end": 90}, "renewal_due"),
         ({"days_to_end": -3}, "lapsed"),
         ({"days_to_end": 200, "tx_per_month": 1}, "inactive"),

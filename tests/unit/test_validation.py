@@ -42,6 +42,8 @@ class TestQuarantineReasons:
             (Entity.CONTRACTS, {"price": "-5.00"}, "price", Reason.NEGATIVE_AMOUNT),
             (Entity.CONTRACTS, {"price": "12,50"}, "price", Reason.BAD_NUMBER),
             (Entity.CONTRACTS, {"currency": "EURO"}, "currency", Reason.BAD_CURRENCY),
+            (Entity.CONTRACTS, {"price": "inf"}, "price", Reason.BAD_NUMBER),
+            (Entity.CONTRACTS, {"price": "1.005"}, "price", Reason.BAD_NUMBER),
             (Entity.INSTALMENTS, {"amount": "0"}, "amount", Reason.ZERO_AMOUNT),
             (Entity.INSTALMENTS, {"amount": "-250"}, "amount", Reason.NEGATIVE_AMOUNT),
             (Entity.ACTIVITY, {"month": "2026-13"}, "month", Reason.BAD_DATE),
@@ -77,6 +79,17 @@ class TestQuarantineReasons:
         assert result.clean.empty
         assert sorted(result.quarantine["line"]) == [2, 3]
         assert set(result.quarantine["reason"]) == {Reason.DUPLICATE_KEY.value}
+
+    def test_duplicate_consents_with_the_default_controller_are_caught(self) -> None:
+        result = validate_entity(
+            raw(Entity.CONSENTS, [{}, {}, {"channel": "sms"}, {"channel": "sms", "status": "withdrawn"}]),
+            MARKETS,
+        )
+        assert sorted(zip(result.quarantine["line"], result.quarantine["reason"], strict=True)) == [
+            (3, "DUPLICATE_KEY"),
+            (4, "DUPLICATE_KEY"),
+            (5, "DUPLICATE_KEY"),
+        ]
 
     def test_contract_of_unknown_customer_is_quarantined(self) -> None:
         raws = raw_set(customers=[{}], contracts=[{"customer_key": "C9999999"}])
@@ -114,8 +127,14 @@ class TestCanonicalValues:
         assert result.clean.loc[0, "phone"] == "+33612345678"
 
     def test_missing_timezone_defaults_to_the_market(self) -> None:
-        result = validate_entity(raw(Entity.CUSTOMERS, [{"market": "es", "locale": "es-ES", "phone": ""}]), MARKETS)
+        result = validate_entity(
+            raw(Entity.CUSTOMERS, [{"market": "es", "locale": "es-ES", "phone": ""}]), MARKETS
+        )
         assert (result.clean.loc[0, "market"], result.clean.loc[0, "timezone"]) == ("ES", "Europe/Madrid")
+
+    @pytest.mark.parametrize("tag", ["tr-DE", "en-VN", "de-AT", "vi"])
+    def test_real_language_and_territory_pairs_are_accepted(self, tag: str) -> None:
+        assert validate_entity(raw(Entity.CUSTOMERS, [{"locale": tag}]), MARKETS).quarantine.empty
 
     def test_locale_is_normalised(self) -> None:
         result = validate_entity(raw(Entity.CUSTOMERS, [{"locale": "de_at"}]), MARKETS)
@@ -126,7 +145,9 @@ class TestCanonicalValues:
         assert result.clean.loc[0, "email"] == "Anna@example.com"
 
     def test_optional_fields_may_be_empty(self) -> None:
-        result = validate_entity(raw(Entity.CUSTOMERS, [{"email": "", "phone": "", "first_name": ""}]), MARKETS)
+        result = validate_entity(
+            raw(Entity.CUSTOMERS, [{"email": "", "phone": "", "first_name": ""}]), MARKETS
+        )
         assert result.quarantine.empty
         assert result.clean.loc[0, "email"] is None
 

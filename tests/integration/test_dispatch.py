@@ -1,0 +1,124 @@
+"""Dispatch sends each message at most once, also when the process dies part way."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pandas as pd
+import pytest
+from sqlalchemy import Engine, select, update
+
+from tasks.dispatch import dispatch_cycle
+from tasks.domain.contract import Entity
+from tasks.sources.validation import validate_all
+from tasks.store import schema as s
+from tasks.store.bulk import insert_frame, read_frame
+from tasks.store.repository import append_consents, sync_customers, sync_entity
+from tests.fakes.senders import FakeSender, ProcessKilled
+from tests.support.factories import markets, raw_set
+
+NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+KEY = b"k"
+
+
+def _seed(engine: Engine, n: int) -> None:
+    customers = [{"customer_key": f"C{i:07d}", "email": f"c{i}@example.com", "phone": ""} for i in range(n)]
+    contracts = [{"contract_key": f"K{i:07d}", "customer_key": f"C{i:07d}"} for i in range(n)]
+    clean = validate_all(raw_set(customers=customers, contracts=contracts), markets()).clean
+    rows: list[dict[str, Any]] = [
+        {
+            "message_key": f"pb:K{i:07d}:20261222:T-30:email",
+            "cycle_id": 1,
+            "playbook": "pb",
+            "contract_key": f"K{i:07d}",
+            "customer_key": f"C{i:07d}",
+            "market": "DE",
+            "step": "T-30",
+            "channel": "email",
+            "rank": 0,
+            "send_rule": "first",
+            "template": "renewal_notice",
+            "purpose": "service",
+            "anchor_date": date(2026, 12, 22),
+            "status": "rendered",
+            "subject": "Subject",
+            "body": "Body",
+            "attempts": 0,
+            "planned_at": NOW,
+            "updated_at": NOW,
+        }
+        for i in range(n)
+    ]
+    with engine.begin() as conn:
+        sync_customers(conn, clean[Entity.CUSTOMERS], NOW)
+        sync_entity(conn, Entity.CONTRACTS, clean[Entity.CONTRACTS], NOW)
+        insert_frame(conn, s.messages, pd.DataFrame(rows))
+
+
+def _statuses(engine: Engine) -> pd.Series:
+    with engine.connect() as conn:
+        frame = read_frame(conn, select(s.messages.c.status))
+    return frame["status"].value_counts()
+
+
+def test_every_rendered_message_is_sent_once(engine: Engine) -> None:
+    _seed(engine, 25)
+    sender = FakeSender()
+    stats = dispatch_cycle(engine, 1, {"email": sender}, KEY, batch_size=10)
+    assert stats["sent"] == 25
+    assert len({m.message_key for m in sender.sent}) == len(sender.sent) == 25
+    assert _statuses(engine).to_dict() == {"sent": 25}
+    assert dispatch_cycle(engine, 1, {"email": sender}, KEY, batch_size=10)["sent"] == 0
+
+
+def test_a_run_killed_mid_batch_is_finished_by_the_rerun_without_resending(engine: Engine) -> None:
+    _seed(engine, 30)
+    sender = FakeSender(die_after=14)
+    with pytest.raises(ProcessKilled):
+        dispatch_cycle(engine, 1, {"email": sender}, KEY, batch_size=10)
+    assert _statuses(engine).to_dict() == {"sent": 10, "sending": 10, "rendered": 10}
+    sender.die_after = None
+    stats = dispatch_cycle(engine, 1, {"email": sender}, KEY, batch_size=10)
+    keys = [m.message_key for m in sender.sent]
+    assert len(keys) == len(set(keys)) == 30
+    assert stats["reconciled"] == {"confirmed_sent": 4, "resent_later": 6}
+    assert _statuses(engine).to_dict() == {"sent": 30}
+
+
+def test_consent_withdrawn_after_planning_stops_the_send(engine: Engine) -> None:
+    _seed(engine, 3)
+    with engine.begin() as conn:
+        conn.execute(update(s.messages).values(purpose="marketing"))
+        granted = validate_all(
+            raw_set(
+                customers=[{"customer_key": f"C{i:07d}", "phone": ""} for i in range(3)],
+                consents=[{"customer_key": f"C{i:07d}"} for i in range(3)],
+            ),
+            markets(),
+        ).clean[Entity.CONSENTS]
+        append_consents(conn, granted, "bank", NOW)
+        withdrawn = granted.iloc[[1]].assign(status="withdrawn", withdrawn_at=pd.Timestamp(NOW), row_hash="x")
+        append_consents(conn, withdrawn, "bank", NOW)
+    sender = FakeSender()
+    stats = dispatch_cycle(engine, 1, {"email": sender}, KEY, batch_size=10)
+    assert (stats["sent"], stats["blocked_at_send"]) == (2, 1)
+    assert "C0000001" not in {m.to for m in sender.sent} and len(sender.sent) == 2
+    with engine.connect() as conn:
+        blocked = read_frame(
+            conn, select(s.decisions.c.stage, s.decisions.c.reason, s.decisions.c.customer_key)
+        )
+    assert blocked.to_dict("records") == [
+        {"stage": "send", "reason": "CONSENT_WITHDRAWN", "customer_key": "C0000001"}
+    ]
+
+
+def test_erased_customer_is_not_contacted_at_send_time(engine: Engine) -> None:
+    _seed(engine, 2)
+    with engine.begin() as conn:
+        conn.execute(
+            update(s.customers).where(s.customers.c.customer_key == "C0000000").values(erased_at=NOW)
+        )
+    sender = FakeSender()
+    stats = dispatch_cycle(engine, 1, {"email": sender}, KEY, batch_size=10)
+    assert (stats["sent"], stats["blocked_at_send"]) == (1, 1)
