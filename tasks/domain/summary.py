@@ -92,8 +92,15 @@ def _stage_text(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             (
                 "render",
                 f"{r['rendered']:,} rendered, {r['failed']:,} failed",
-                f"{_fmt(r['by_locale'])}; {r['language_fallbacks']:,} language fallbacks; "
-                f"{r['sms_segments']:,} SMS segments",
+                "; ".join(
+                    part
+                    for part in (
+                        _fmt(r["by_locale"]),
+                        f"{r['language_fallbacks']:,} language fallbacks" if r["language_fallbacks"] else "",
+                        f"{r['sms_segments']:,} SMS segments" if r["sms_segments"] else "",
+                    )
+                    if part
+                ),
             )
         )
     if "dispatch" in st:

@@ -1,0 +1,174 @@
+"""Benchmark the whole renewal cycle on PostgreSQL with the outbox channel; print figures, never pass/fail.
+
+    .venv/bin/python benchmarks/cycle.py --customers 100000
+
+Prints wall time and rows/s per stage, peak RSS of this process, and the floor measured in the same
+run: a raw COPY of the same source rows into PostgreSQL and back out, plus rendering the same number
+of messages. The cycle/floor ratio is what to compare between runs (the machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def peak_rss_mb() -> float:
+    """Return this process's peak resident set size in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def floor_copy(url: str, source: Path) -> tuple[float, int]:
+    """COPY every source CSV into an unlogged text table and back out; return (seconds, rows)."""
+    import psycopg
+
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    rows = 0
+    start = time.perf_counter()
+    with psycopg.connect(dsn) as conn:
+        for path in sorted(source.glob("*.csv")):
+            header = path.open().readline().strip().split(",")
+            table = f"floor_{path.stem}"
+            cols = ", ".join(f'"{c}" text' for c in header)
+            conn.execute(f"CREATE UNLOGGED TABLE {table} ({cols})")
+            with (
+                conn.cursor().copy(f"COPY {table} FROM STDIN WITH (FORMAT csv, HEADER true)") as copy,
+                path.open("rb") as fh,
+            ):
+                while chunk := fh.read(8 << 20):
+                    copy.write(chunk)
+            buf = io.BytesIO()
+            with conn.cursor().copy(f"COPY {table} TO STDOUT WITH (FORMAT csv)") as copy:
+                for data in copy:
+                    buf.write(data)
+            rows += conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+            conn.execute(f"DROP TABLE {table}")
+        conn.commit()
+    return time.perf_counter() - start, rows
+
+
+def floor_render(messages: int) -> float:
+    """Render `messages` SMS and emails (half each) with the real templates and context shape."""
+    from tasks.channels.rendering import Renderer
+
+    renderer = Renderer(ROOT / "templates")
+    ctx = {
+        "first_name": "Anna",
+        "last_name": "Schmidt",
+        "company": "Bench Bank",
+        "product_name": "Kredit",
+        "contract_ref": "K0000001",
+        "term_end": "22. Dezember 2026",
+        "days_left": 14,
+        "days_overdue": 0,
+        "price": "119,90 €",
+        "renew_url": "https://example.invalid/renew/x",
+        "unsubscribe_url": "https://example.invalid/u/x",
+        "is_marketing": False,
+        "offer_discount": "",
+        "offer_deadline": "",
+    }
+    start = time.perf_counter()
+    for i in range(messages):
+        channel = "sms" if i % 2 else "email"
+        renderer.render(channel, "renewal_reminder", "de-DE", {**ctx, "contract_ref": f"K{i:07d}"})
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--as-of", default="2026-11-22")
+    parser.add_argument("--database-url", default=os.environ.get("RENEWALS_BENCH_DATABASE_URL"))
+    args = parser.parse_args()
+
+    from config.loader import load_markets
+    from tasks.sources.demo_data import generate_portfolio, write_portfolio
+    from tests.support.postgres import postgres_server, scratch_database
+
+    as_of = date.fromisoformat(args.as_of)
+    work = Path(tempfile.mkdtemp(prefix="renewals-bench-"))
+    t0 = time.perf_counter()
+    frames = generate_portfolio(args.customers, args.seed, as_of, load_markets(ROOT / "config"))
+    t_generate = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    write_portfolio(frames, work / "source", "csv")
+    t_write = time.perf_counter() - t0
+    source_rows = {e.value: len(f) for e, f in frames.items()}
+    del frames
+
+    with postgres_server() as admin, scratch_database(args.database_url or admin) as url:
+        os.environ.update(
+            {
+                "RENEWALS_DATABASE_URL": url,
+                "RENEWALS_SOURCE_DIR": str(work / "source"),
+                "RENEWALS_OUTBOX_DIR": str(work / "outbox"),
+                "RENEWALS_HOME": str(work / "home"),
+                "PREFECT_HOME": str(work / "prefect"),
+            }
+        )
+        from flows.renewal_cycle import renewal_cycle
+        from tasks.runtime import get_runtime
+        from tasks.store.migrate import upgrade
+
+        upgrade(get_runtime().engine)
+        rss_before = peak_rss_mb()
+        t0 = time.perf_counter()
+        summary = renewal_cycle(as_of=as_of)
+        t_cycle = time.perf_counter() - t0
+        rss_cycle = peak_rss_mb()
+        floor_io, floor_rows = floor_copy(url, work / "source")
+        rendered = summary["stages"]["render"]["rendered"]
+        floor_tpl = floor_render(rendered)
+        get_runtime().close()
+
+    st, secs = summary["stages"], summary["seconds"]
+    total_rows = sum(source_rows.values())
+    per_stage = [
+        ("extract", total_rows),
+        ("validate", total_rows),
+        ("load", sum(st["validate"]["rows_valid"].values())),
+        ("segment", st["segment"]["contracts"]),
+        ("plan", st["plan"]["candidates"]),
+        ("consent-gate", st["consent-gate"]["decided"]),
+        ("render", rendered),
+        ("dispatch", st["dispatch"]["sent"]),
+    ]
+    print(
+        f"\nRenewal cycle benchmark: {args.customers:,} customers, seed {args.seed}, as of {as_of}, PostgreSQL"
+    )
+    print(f"source rows: {', '.join(f'{k} {v:,}' for k, v in source_rows.items())} (total {total_rows:,})")
+    print(f"generate {t_generate:.1f}s, write CSV {t_write:.1f}s (not part of the cycle)\n")
+    print(f"{'stage':<14}{'seconds':>9}{'rows':>12}{'rows/s':>12}")
+    for stage, rows in per_stage:
+        s = secs.get(stage, 0.0)
+        print(f"{stage:<14}{s:>9.2f}{rows:>12,}{(rows / s if s else 0):>12,.0f}")
+    stage_sum = sum(secs.values())
+    print(f"{'stages':<14}{stage_sum:>9.2f}")
+    print(f"{'flow (wall)':<14}{t_cycle:>9.2f}   includes Prefect start-up and bookkeeping")
+    floor = floor_io + floor_tpl
+    print(
+        f"\nfloor: COPY in+out of {floor_rows:,} rows {floor_io:.2f}s + render {rendered:,} messages {floor_tpl:.2f}s"
+    )
+    print(
+        f"       = {floor:.2f}s; cycle stages / floor = {stage_sum / floor:.2f}x; flow wall / floor = {t_cycle / floor:.2f}x"
+    )
+    print(f"peak RSS: {rss_cycle:,.0f} MiB (before the cycle {rss_before:,.0f} MiB)")
+    print(f"messages: {rendered:,} rendered, {st['dispatch']['sent']:,} sent to the outbox")
+
+
+if __name__ == "__main__":
+    main()
