@@ -148,7 +148,8 @@ def main() -> None:
         ("dispatch", st["dispatch"]["sent"]),
     ]
     print(
-        f"\nRenewal cycle benchmark: {args.customers:,} customers, seed {args.seed}, as of {as_of}, PostgreSQL"
+        f"\nRenewal cycle benchmark: {args.customers:,} customers, seed {args.seed}, "
+        f"as of {as_of}, PostgreSQL"
     )
     print(f"source rows: {', '.join(f'{k} {v:,}' for k, v in source_rows.items())} (total {total_rows:,})")
     print(f"generate {t_generate:.1f}s, write CSV {t_write:.1f}s (not part of the cycle)\n")
@@ -161,10 +162,12 @@ def main() -> None:
     print(f"{'flow (wall)':<14}{t_cycle:>9.2f}   includes Prefect start-up and bookkeeping")
     floor = floor_io + floor_tpl
     print(
-        f"\nfloor: COPY in+out of {floor_rows:,} rows {floor_io:.2f}s + render {rendered:,} messages {floor_tpl:.2f}s"
+        f"\nfloor: COPY in+out of {floor_rows:,} rows {floor_io:.2f}s "
+        f"+ render {rendered:,} messages {floor_tpl:.2f}s"
     )
     print(
-        f"       = {floor:.2f}s; cycle stages / floor = {stage_sum / floor:.2f}x; flow wall / floor = {t_cycle / floor:.2f}x"
+        f"       = {floor:.2f}s; cycle stages / floor = {stage_sum / floor:.2f}x; "
+        f"flow wall / floor = {t_cycle / floor:.2f}x"
     )
     print(f"peak RSS: {rss_cycle:,.0f} MiB (before the cycle {rss_before:,.0f} MiB)")
     print(f"messages: {rendered:,} rendered, {st['dispatch']['sent']:,} sent to the outbox")
