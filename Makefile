@@ -10,7 +10,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: help bootstrap demo test test-unit test-fast lint typecheck check bench clean
+.PHONY: help bootstrap demo test test-unit lint typecheck check bench docs clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ check: lint typecheck test ## lint, types and tests
 
 bench: bootstrap ## Cycle benchmark at 100k customers against PostgreSQL
 	$(BIN)/python benchmarks/cycle.py --customers 100000
+
+docs: bootstrap ## Regenerate the generated sections of docs/
+	$(BIN)/python -m tests.support.docs
 
 clean: ## Remove the environments and local state
 	rm -rf .uv $(VENV) var

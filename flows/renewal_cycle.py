@@ -91,9 +91,9 @@ def renewal_cycle(
         with timed(seconds, "plan"):
             stages["plan"] = plan(cycle_id, playbook, day, codes, dry_run)
         with timed(seconds, "consent-gate"):
-            stages["consent-gate"] = gate(cycle_id)
+            stages["consent-gate"] = gate(cycle_id, codes, playbook)
         with timed(seconds, "render"):
-            stages["render"] = render(cycle_id, playbook, day)
+            stages["render"] = render(cycle_id, day)
         with timed(seconds, "dispatch"):
             stages["dispatch"] = {"skipped": True} if dry_run else dispatch(cycle_id)
     except Exception as exc:

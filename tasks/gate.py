@@ -1,33 +1,261 @@
-"""Consent gate: one decision per planned message, recorded with its rule ids and consent record."""
+"""Consent gate: one decision per planned message, with its rule ids, policy version and consent record."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
+import holidays as holidays_lib
 import pandas as pd
 from prefect import get_run_logger, task
-from sqlalchemy import Connection
+from sqlalchemy import Connection, insert, select
 
 from tasks._prefect import STEP
-from tasks.domain.consent import choose_channels, decide, latest_consents
+from tasks.domain.consent import (
+    GATE_VERSION,
+    ConsentRecord,
+    Decision,
+    Request,
+    Subject,
+    choose_channels,
+    decide_all,
+    decisions_frame,
+    seed_counter,
+)
+from tasks.domain.markets import Market
+from tasks.domain.rules import MarketRules
 from tasks.domain.summary import counts
 from tasks.runtime import get_runtime
-from tasks.store.repository import (
-    insert_decisions,
-    read_consents,
-    read_contacts,
-    read_messages,
-    set_status,
-    utcnow,
-)
+from tasks.store import schema as s
+from tasks.store.bulk import read_frame
+from tasks.store.repository import insert_decisions, pii_hash, set_status, utcnow
+
+PURPOSE_ORDER = {"service": 0, "dunning": 1, "marketing": 2}
 
 
-def decide_for(conn: Connection, messages: pd.DataFrame, hash_key: bytes) -> pd.DataFrame:
-    """Return the gate's decisions for `messages` from the store's current contacts and consents."""
-    customers = messages["customer_key"].unique().tolist()
-    contacts = read_contacts(conn, customers, hash_key)
-    consents = latest_consents(read_consents(conn, customers))
-    return decide(messages, contacts, consents)
+def policy_version(markets: Mapping[str, Market]) -> tuple[str, dict[str, Any]]:
+    """Return the version id of the gate rules in force and the rules it stands for."""
+    rules = {code: _jsonable(asdict(m.rules)) for code, m in sorted(markets.items())}
+    blob = json.dumps({"gate": GATE_VERSION, "rules": rules}, sort_keys=True, default=str)
+    return f"{GATE_VERSION}+{hashlib.sha256(blob.encode()).hexdigest()[:12]}", rules
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def record_policy(conn: Connection, markets: Mapping[str, Market]) -> str:
+    """Store the rules behind the current policy version once, and return the version."""
+    version, rules = policy_version(markets)
+    exists = conn.execute(
+        select(s.policy_versions.c.policy_version).where(s.policy_versions.c.policy_version == version)
+    ).first()
+    if exists is None:
+        conn.execute(
+            insert(s.policy_versions).values(
+                policy_version=version, gate_version=GATE_VERSION, rules=rules, first_used_at=utcnow()
+            )
+        )
+    return version
+
+
+@lru_cache(maxsize=256)
+def _holiday_calendar(country: str, subdivision: str | None, year: int) -> frozenset[date]:
+    try:
+        calendar = holidays_lib.country_holidays(country, subdiv=subdivision, years=year)
+    except NotImplementedError:
+        calendar = holidays_lib.country_holidays(country, years=year)
+    return frozenset(calendar.keys())
+
+
+def holiday_checker(rules: MarketRules) -> Callable[[date], bool]:
+    """Return a function telling whether a local date is a public holiday in the market."""
+    country = rules.holidays_country
+    if not country:
+        return lambda _day: False
+    return lambda day: day in _holiday_calendar(country, None, day.year)
+
+
+def _chunks(values: Sequence[str], size: int = 20000) -> list[list[str]]:
+    return [list(values[i : i + size]) for i in range(0, len(values), size)]
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (pd.api.types.is_scalar(value) and pd.isna(value))
+
+
+def _utc(value: Any) -> datetime | None:
+    return pd.Timestamp(value).to_pydatetime() if _present(value) else None
+
+
+def load_subjects(
+    conn: Connection, customer_keys: Sequence[str], hash_key: bytes, today: date
+) -> dict[str, Subject]:
+    """Return the gate's view of each customer: reachability, erasure, suppression, relationship, consents."""
+    keys = list(dict.fromkeys(customer_keys))
+    if not keys:
+        return {}
+    cust, ct, cons = s.customers, s.contracts, s.consents
+    frames = [
+        read_frame(
+            conn,
+            select(
+                cust.c.customer_key,
+                cust.c.market,
+                cust.c.timezone,
+                cust.c.region,
+                cust.c.email,
+                cust.c.phone_e164,
+                cust.c.erased_at,
+            ).where(cust.c.customer_key.in_(chunk)),
+        )
+        for chunk in _chunks(keys)
+    ]
+    people = pd.concat(frames, ignore_index=True)
+    contract_rows = pd.concat(
+        [
+            read_frame(
+                conn,
+                select(ct.c.customer_key, ct.c.contract_key, ct.c.status, ct.c.term_end).where(
+                    ct.c.customer_key.in_(chunk)
+                ),
+            )
+            for chunk in _chunks(keys)
+        ],
+        ignore_index=True,
+    )
+    consent_rows = pd.concat(
+        [read_frame(conn, select(cons).where(cons.c.customer_key.in_(chunk))) for chunk in _chunks(keys)],
+        ignore_index=True,
+    )
+    suppressed = read_frame(conn, select(s.suppressions.c.identifier_hash, s.suppressions.c.scope))
+    scopes: dict[str, set[str]] = defaultdict(set)
+    for digest, scope in zip(suppressed["identifier_hash"], suppressed["scope"], strict=True):
+        scopes[str(digest)].add(str(scope))
+
+    contracts_of: dict[str, set[str]] = defaultdict(set)
+    ongoing: set[str] = set()
+    last_end: dict[str, date] = {}
+    for key, contract, status, term_end in zip(
+        contract_rows["customer_key"],
+        contract_rows["contract_key"],
+        contract_rows["status"],
+        contract_rows["term_end"],
+        strict=True,
+    ):
+        contracts_of[key].add(contract)
+        if status == "active":
+            ongoing.add(key)
+        end = pd.Timestamp(term_end).date()
+        last_end[key] = max(last_end.get(key, end), end)
+
+    records: dict[str, list[ConsentRecord]] = defaultdict(list)
+    for row in consent_rows.to_dict("records"):
+        records[str(row["customer_key"])].append(
+            ConsentRecord(
+                consent_id=int(row["consent_id"]),
+                channel=str(row["channel"]),
+                purpose=str(row["purpose"]),
+                status=str(row["status"]),
+                lawful_basis=str(row["lawful_basis"]),
+                captured_at=_utc(row["captured_at"]),
+                withdrawn_at=_utc(row["withdrawn_at"]),
+                doi_confirmed_at=_utc(row["doi_confirmed_at"]),
+                expires_at=_utc(row["expires_at"]),
+                sale_reference=row["sale_reference"] if _present(row["sale_reference"]) else None,
+                notice_version=row["notice_version"] if _present(row["notice_version"]) else None,
+                bundled=bool(row["bundled"]),
+                written=bool(row["written"]),
+            )
+        )
+
+    subjects: dict[str, Subject] = {}
+    for row in people.to_dict("records"):
+        key = str(row["customer_key"])
+        hit: set[str] = set()
+        for kind, value in (("email", row["email"]), ("phone", row["phone_e164"])):
+            if _present(value):
+                hit |= scopes.get(pii_hash(hash_key, kind, str(value)), set())
+        subjects[key] = Subject(
+            customer_key=key,
+            market=str(row["market"]),
+            timezone=str(row["timezone"]),
+            region=row["region"] if _present(row["region"]) else None,
+            has_email=_present(row["email"]),
+            has_phone=_present(row["phone_e164"]),
+            erased=_present(row["erased_at"]),
+            suppressed=frozenset(hit),
+            contract_keys=frozenset(contracts_of.get(key, set())),
+            relationship_end=today if key in ongoing else last_end.get(key),
+            consents=tuple(records.get(key, [])),
+        )
+    return subjects
+
+
+def sent_history(conn: Connection, customer_keys: Sequence[str], since: datetime) -> pd.DataFrame:
+    """Return messages sent to these customers since `since` (for frequency caps)."""
+    m = s.messages
+    keys = list(dict.fromkeys(customer_keys))
+    frames = [
+        read_frame(
+            conn,
+            select(m.c.customer_key, m.c.channel, m.c.purpose, m.c.sent_at).where(
+                m.c.customer_key.in_(chunk), m.c.sent_at >= since
+            ),
+        )
+        for chunk in _chunks(keys)
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def requests_of(messages: pd.DataFrame) -> list[Request]:
+    """Return gate requests in decision order: per customer, service before dunning before marketing."""
+    ordered = messages.assign(_p=messages["purpose"].map(PURPOSE_ORDER).fillna(3)).sort_values(
+        ["customer_key", "_p", "contract_key", "step", "rank"], kind="stable"
+    )
+    return [
+        Request(
+            message_key=str(r["message_key"]),
+            channel=str(r["channel"]),
+            purpose=str(r["purpose"]),
+            has_offer=bool(r.get("has_offer", False)),
+            recipient=str(r.get("recipient") or "customer"),
+            group=f"{r['contract_key']}|{r['step']}",
+            send_rule=str(r["send_rule"]),
+        )
+        for r in ordered.to_dict("records")
+    ]
+
+
+def decide_for(
+    conn: Connection,
+    messages: pd.DataFrame,
+    markets: Mapping[str, Market],
+    hash_key: bytes,
+    now: datetime,
+) -> tuple[pd.DataFrame, str]:
+    """Return the gate's decisions for `messages` at `now`, and the policy version applied."""
+    version = record_policy(conn, markets)
+    customers = messages["customer_key"].astype(str).tolist()
+    subjects = load_subjects(conn, customers, hash_key, now.date())
+    rules = {code: m.rules for code, m in markets.items()}
+    counter = seed_counter(sent_history(conn, customers, now - timedelta(days=8)), subjects, rules)
+    decisions: list[Decision] = decide_all(
+        requests_of(messages),
+        subjects,
+        dict(zip(messages["message_key"].astype(str), customers, strict=True)),
+        rules,
+        now,
+        counter,
+        {code: holiday_checker(r) for code, r in rules.items()},
+    )
+    return decisions_frame(decisions, version), version
 
 
 def decision_rows(messages: pd.DataFrame, decisions: pd.DataFrame, cycle_id: int, stage: str) -> pd.DataFrame:
@@ -36,28 +264,119 @@ def decision_rows(messages: pd.DataFrame, decisions: pd.DataFrame, cycle_id: int
     return df.assign(cycle_id=cycle_id, stage=stage, decided_at=utcnow())
 
 
-def gate_cycle(conn: Connection, cycle_id: int, hash_key: bytes) -> dict[str, Any]:
-    """Decide every planned message of the cycle and move it to queued, standby or blocked."""
-    planned = read_messages(conn, cycle_id, ["planned"])
-    if planned.empty:
-        return {"decided": 0, "by_outcome": {}, "by_reason": {}, "by_status": {}}
-    decisions = decide_for(conn, planned, hash_key)
-    insert_decisions(conn, decision_rows(planned, decisions, cycle_id, "plan"))
-    status = choose_channels(planned, decisions)
-    set_status(conn, pd.DataFrame({"message_key": planned["message_key"], "status": status}), utcnow())
+def gate_messages(
+    conn: Connection,
+    messages: pd.DataFrame,
+    cycle_id: int,
+    stage: str,
+    markets: Mapping[str, Market],
+    hash_key: bytes,
+    now: datetime,
+) -> dict[str, Any]:
+    """Decide `messages`, store one decision each, and move them to queued, deferred, standby or blocked."""
+    if messages.empty:
+        return {"decided": 0, "by_outcome": {}, "by_reason": {}, "by_status": {}, "policy_version": ""}
+    decisions, version = decide_for(conn, messages, markets, hash_key, now)
+    insert_decisions(conn, decision_rows(messages, decisions, cycle_id, stage))
+    ordered = messages.set_index("message_key").loc[decisions["message_key"]].reset_index()
+    status = choose_channels(ordered, decisions)
+    set_status(
+        conn,
+        pd.DataFrame(
+            {
+                "message_key": ordered["message_key"],
+                "status": status,
+                "cycle_id": cycle_id,
+                "deferred_until": decisions["deferred_until"].where(status == "deferred"),
+                "offer_removed": decisions["offer_removed"].astype(bool),
+            }
+        ),
+        utcnow(),
+    )
     return {
         "decided": len(decisions),
         "by_outcome": counts(decisions["outcome"]),
-        "by_reason": counts(decisions["reason"]),
+        "by_reason": counts(decisions["outcome"] + ":" + decisions["reason"]),
         "by_status": counts(status),
+        "offers_removed": int(decisions["offer_removed"].sum()),
+        "policy_version": version,
     }
 
 
+def released_deferred(
+    conn: Connection, now: datetime, markets: Sequence[str] | None, playbook: str | None
+) -> pd.DataFrame:
+    """Return deferred messages whose slot has come (all playbooks and markets when not given)."""
+    m = s.messages
+    stmt = select(
+        m.c.message_key,
+        m.c.customer_key,
+        m.c.contract_key,
+        m.c.step,
+        m.c.channel,
+        m.c.rank,
+        m.c.send_rule,
+        m.c.purpose,
+        m.c.has_offer,
+        m.c.recipient,
+    ).where(m.c.status == "deferred", m.c.deferred_until <= now)
+    if markets:
+        stmt = stmt.where(m.c.market.in_(list(markets)))
+    if playbook:
+        stmt = stmt.where(m.c.playbook == playbook)
+    return read_frame(conn, stmt)
+
+
+def gate_cycle(
+    conn: Connection,
+    cycle_id: int,
+    markets: Mapping[str, Market],
+    hash_key: bytes,
+    now: datetime,
+    cycle_markets: Sequence[str] | None = None,
+    playbook: str | None = None,
+) -> dict[str, Any]:
+    """Decide the cycle's planned messages, and release deferred ones whose allowed slot has come."""
+    m = s.messages
+    planned = read_frame(
+        conn,
+        select(
+            m.c.message_key,
+            m.c.customer_key,
+            m.c.contract_key,
+            m.c.step,
+            m.c.channel,
+            m.c.rank,
+            m.c.send_rule,
+            m.c.purpose,
+            m.c.has_offer,
+            m.c.recipient,
+        ).where(m.c.cycle_id == cycle_id, m.c.status == "planned"),
+    )
+    stats = gate_messages(conn, planned, cycle_id, "plan", markets, hash_key, now)
+    released = released_deferred(conn, now, cycle_markets, playbook)
+    stats["released"] = gate_messages(conn, released, cycle_id, "release", markets, hash_key, now)
+    return stats
+
+
 @task(name="consent-gate", **STEP)
-def gate(cycle_id: int) -> dict[str, Any]:
-    """Run the consent gate over the cycle's planned messages."""
+def gate(cycle_id: int, markets: list[str] | None = None, playbook: str | None = None) -> dict[str, Any]:
+    """Run the consent gate over the cycle's planned messages and release due deferred ones."""
     rt = get_runtime()
     with rt.engine.begin() as conn:
-        stats = gate_cycle(conn, cycle_id, rt.settings.pii_hash_key.get_secret_value().encode())
-    get_run_logger().info("gate: %s", stats["by_reason"])
+        stats = gate_cycle(
+            conn,
+            cycle_id,
+            rt.markets,
+            rt.settings.pii_hash_key.get_secret_value().encode(),
+            utcnow(),
+            markets,
+            playbook,
+        )
+    get_run_logger().info(
+        "gate (%s): %s; released %s deferred",
+        stats["policy_version"],
+        stats["by_reason"],
+        stats["released"]["decided"],
+    )
     return stats

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable, Mapping
 from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +24,8 @@ from tasks.channels.rendering import (
     format_share,
     label,
 )
+from tasks.domain.consent import required_label
+from tasks.domain.markets import Market
 from tasks.domain.playbook import Playbook
 from tasks.runtime import get_runtime
 from tasks.store.repository import read_render_context, set_status, utcnow
@@ -79,19 +82,25 @@ def message_context(
         "price": _money(float(row["price"]), row["currency"], locale),
         "renew_url": f"{link_base.rstrip('/')}/{token}",
         "unsubscribe_url": f"{unsubscribe_base.rstrip('/')}/{token}",
-        "is_marketing": row["purpose"] == "marketing",
+        "is_marketing": is_marketing(row),
         "offer_discount": _share(offer.discount, locale) if offer else "",
         "offer_deadline": _day(term_end - timedelta(days=offer.deadline_days), locale) if offer else "",
     }
+
+
+def is_marketing(row: dict[str, Any]) -> bool:
+    """Return whether the message's content is marketing: its purpose, or a kept reward offer block."""
+    return row["purpose"] == "marketing" or (bool(row["has_offer"]) and not bool(row["offer_removed"]))
 
 
 def render_cycle(
     conn: Connection,
     cycle_id: int,
     renderer: Renderer,
-    playbook: Playbook,
+    playbook_of: Callable[[str], Playbook],
     as_of: date,
     *,
+    markets: Mapping[str, Market],
     company: str,
     link_secret: bytes,
     link_base: str,
@@ -107,7 +116,7 @@ def render_cycle(
         try:
             ctx = message_context(
                 row,
-                playbook,
+                playbook_of(str(row["playbook"])),
                 row["step"],
                 as_of,
                 company=company,
@@ -116,7 +125,18 @@ def render_cycle(
                 link_base=link_base,
                 unsubscribe_base=unsubscribe_base,
             )
-            done = renderer.render(row["channel"], row["template"], row["locale"], ctx)
+            market = markets.get(str(row["market"]))
+            label = (
+                required_label(market.rules, str(row["channel"]), is_marketing(row))
+                if market is not None
+                else None
+            )
+            offer = (
+                bool(row["has_offer"]) and not bool(row["offer_removed"]) and row["purpose"] != "marketing"
+            )
+            done = renderer.render(
+                row["channel"], row["template"], row["locale"], ctx, offer=offer, label=label
+            )
         except (TemplateMissing, TemplateError, KeyError, ValueError) as exc:
             failures += 1
             out.append(
@@ -168,7 +188,7 @@ def render_cycle(
 
 
 @task(name="render", **STEP)
-def render(cycle_id: int, playbook_id: str, as_of: date) -> dict[str, Any]:
+def render(cycle_id: int, as_of: date) -> dict[str, Any]:
     """Render the cycle's queued messages."""
     rt = get_runtime()
     settings = rt.settings
@@ -177,8 +197,9 @@ def render(cycle_id: int, playbook_id: str, as_of: date) -> dict[str, Any]:
             conn,
             cycle_id,
             rt.renderer,
-            rt.playbook(playbook_id),
+            rt.playbook,
             as_of,
+            markets=rt.markets,
             company=settings.company_name,
             link_secret=settings.pii_hash_key.get_secret_value().encode(),
             link_base=str(settings.renew_base_url),

@@ -24,6 +24,7 @@ class Runtime:
 
     settings: Settings
     _senders: dict[str, Sender] = field(default_factory=dict)
+    _playbooks: dict[str, Playbook] = field(default_factory=dict)
 
     @cached_property
     def engine(self) -> Engine:
@@ -46,8 +47,10 @@ class Runtime:
         return Renderer(self.settings.templates_dir)
 
     def playbook(self, playbook_id: str) -> Playbook:
-        """Return a validated playbook."""
-        return load_playbook(self.settings.config_dir, playbook_id)
+        """Return a validated playbook (read once per process)."""
+        if playbook_id not in self._playbooks:
+            self._playbooks[playbook_id] = load_playbook(self.settings.config_dir, playbook_id)
+        return self._playbooks[playbook_id]
 
     def sender(self, channel: str) -> Sender:
         """Return the sender for a channel under the configured send mode."""

@@ -16,6 +16,7 @@ from babel.dates import format_date
 from babel.numbers import format_currency, format_percent
 from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateNotFound, select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
 
 from tasks.domain.messaging import locale_chain, sms_segments
 
@@ -132,26 +133,60 @@ class Renderer:
                 raise TemplateMissing(name) from exc
         return self._compiled[name]
 
-    def render(self, channel: str, template: str, locale: str, context: Mapping[str, Any]) -> Rendered:
-        """Render one message; raise TemplateMissing when no locale in the chain has the template."""
+    def render(
+        self,
+        channel: str,
+        template: str,
+        locale: str,
+        context: Mapping[str, Any],
+        *,
+        offer: bool = False,
+        label: str | None = None,
+    ) -> Rendered:
+        """Render one message, with the reward offer block when `offer`, and `label` before marketing text.
+
+        Raises TemplateMissing when no locale in the chain has the template (or the offer block).
+        """
         used = self.resolve(channel, template, locale)
         if used is None:
             raise TemplateMissing(
                 f"{channel}/{template} for {locale} (chain {', '.join(locale_chain(locale))})"
             )
         base = f"{channel}/{template}/{used}"
-        ctx = {**context, "channel": channel, "template_locale": used}
+        ctx: dict[str, Any] = {**context, "channel": channel, "template_locale": used}
+        block_text, block_html = self._offer_block(channel, locale, ctx) if offer else ("", "")
         if channel == "email":
+            ctx["offer_block"] = Markup(block_html)
+            ctx["offer_text"] = block_text
             subject = " ".join(self._template(f"{base}.subject.txt.j2").render(ctx).split())
+            if label:
+                subject = f"{label} {subject}"
             html = self._template(f"{base}.html.j2").render(ctx)
             text = self._template(f"{base}.txt.j2").render(ctx).strip() + "\n"
             return Rendered(used, subject, text, html)
         raw = self._template(f"{base}.txt.j2").render(ctx)
+        if block_text:
+            raw = f"{raw.rstrip()}\n{block_text}"
+        if label:
+            raw = f"{label} {raw.lstrip()}"
         if channel == "whatsapp":
             return Rendered(used, None, _clean_whatsapp(raw), None)
         body = _clean_sms(raw)
         count = sms_segments(body)
         return Rendered(used, None, body, None, count.encoding, count.segments)
+
+    def _offer_block(self, channel: str, locale: str, ctx: Mapping[str, Any]) -> tuple[str, str]:
+        """Render the removable reward offer block (text, and HTML for email)."""
+        folder = f"{channel}/_blocks/reward_offer"
+        parts = ("txt", "html") if channel == "email" else ("txt",)
+        for candidate in locale_chain(locale):
+            if all(self._exists(f"{folder}/{candidate}.{p}.j2") for p in parts):
+                text = self._template(f"{folder}/{candidate}.txt.j2").render(ctx).strip()
+                html = (
+                    self._template(f"{folder}/{candidate}.html.j2").render(ctx) if channel == "email" else ""
+                )
+                return text, html
+        raise TemplateMissing(f"{folder} for {locale}")
 
 
 @lru_cache(maxsize=64)

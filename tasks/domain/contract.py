@@ -85,6 +85,7 @@ class Kind(StrEnum):
     MARKET = "market"
     CURRENCY = "currency"
     TIMEZONE = "timezone"
+    REGION = "region"
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,13 @@ CONTRACT: dict[Entity, EntitySpec] = {
                 personal=True,
             ),
             Column("customer_since", Kind.DATE, False, "Date the relationship began.", "2019-04-01"),
+            Column(
+                "region",
+                Kind.REGION,
+                False,
+                "ISO 3166-2 subdivision (state) when local rules differ, e.g. US-FL.",
+                "US-FL",
+            ),
         ),
     ),
     Entity.CONTRACTS: EntitySpec(
@@ -285,6 +293,22 @@ CONTRACT: dict[Entity, EntitySpec] = {
             ),
             Column("expires_at", Kind.DATETIME, False, "Expiry where a market sets one (CASL implied).", ""),
             Column("controller", Kind.TEXT, False, "Legal entity the consent was given to.", "", default=""),
+            Column(
+                "bundled",
+                Kind.BOOL,
+                False,
+                "Captured only by accepting terms and conditions (not freely given).",
+                "false",
+                default="false",
+            ),
+            Column(
+                "written",
+                Kind.BOOL,
+                False,
+                "Prior express written consent (US TCPA) with a signature on record.",
+                "false",
+                default="false",
+            ),
         ),
     ),
 }

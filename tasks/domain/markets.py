@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tasks.domain.rules import MarketRules
+
 
 @dataclass(frozen=True)
 class Market:
@@ -18,6 +20,7 @@ class Market:
     currency: str
     phone_region: str
     locales: tuple[str, ...] = field(default_factory=tuple)
+    rules: MarketRules = field(default_factory=MarketRules)
 
     def __post_init__(self) -> None:
         if len(self.code) != 2 or not self.code.isupper():

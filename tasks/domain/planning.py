@@ -78,6 +78,8 @@ CANDIDATE_COLUMNS = (
     "template",
     "purpose",
     "anchor_date",
+    "has_offer",
+    "recipient",
 )
 
 
@@ -95,6 +97,8 @@ def candidate_messages(treated: pd.DataFrame, playbook: Playbook) -> pd.DataFram
             part["send_rule"] = step.send.value
             part["template"] = step.template
             part["purpose"] = step.purpose.value
+            part["has_offer"] = step.offer is not None
+            part["recipient"] = step.recipient
             frames.append(part)
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in CANDIDATE_COLUMNS})

@@ -55,11 +55,12 @@ class Step:
     auto_renew: bool | None = None
     risk_bands: tuple[str, ...] = ()
     offer: Offer | None = None
+    recipient: str = "customer"
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.offer is not None and self.purpose is not Purpose.MARKETING:
-            raise ValueError(f"step {self.id!r} carries an offer, so its purpose must be marketing")
+        if self.recipient not in ("customer", "reference_contact"):
+            raise ValueError(f"step {self.id!r}: recipient must be customer or reference_contact")
         if not _ID.match(self.id):
             raise ValueError(f"step id {self.id!r} may only hold letters, digits, '_', '+' and '-'")
         if not self.channels:

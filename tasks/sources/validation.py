@@ -38,6 +38,7 @@ class Reason(StrEnum):
     UNKNOWN_MARKET = "UNKNOWN_MARKET"
     BAD_CURRENCY = "BAD_CURRENCY"
     BAD_TIMEZONE = "BAD_TIMEZONE"
+    BAD_REGION = "BAD_REGION"
     UNSAFE_TEXT = "UNSAFE_TEXT"
     TOO_LONG = "TOO_LONG"
     DUPLICATE_KEY = "DUPLICATE_KEY"
@@ -265,6 +266,11 @@ def _parse_column(
         problems.add(
             present & ~value.isin(_currencies()), col.name, Reason.BAD_CURRENCY, "not an ISO 4217 code"
         )
+        return value.where(present, None)
+    if kind is Kind.REGION:
+        value = raw.str.upper()
+        bad = present & ~value.str.match(r"^[A-Z]{2}-[A-Z0-9]{1,3}$")
+        problems.add(bad, col.name, Reason.BAD_REGION, "not an ISO 3166-2 code like US-FL")
         return value.where(present, None)
     if kind is Kind.TIMEZONE:
         problems.add(

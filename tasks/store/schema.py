@@ -17,7 +17,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
 )
 
 metadata = MetaData(
@@ -44,6 +43,7 @@ customers = Table(
     Column("email", String(320)),
     Column("phone_e164", String(20)),
     Column("customer_since", Date),
+    Column("region", String(8)),
     Column("erased_at", UtcTime),
     Column("row_hash", String(32), nullable=False),
     Column("loaded_at", UtcTime, nullable=False),
@@ -62,6 +62,7 @@ contracts = Table(
     Column("price", Numeric(14, 2), nullable=False),
     Column("currency", String(3), nullable=False),
     Column("renewed_at", Date),
+    Column("retention_basis", String(100)),
     Column("row_hash", String(32), nullable=False),
     Column("loaded_at", UtcTime, nullable=False),
 )
@@ -75,6 +76,7 @@ instalments = Table(
     Column("amount", Numeric(14, 2), nullable=False),
     Column("currency", String(3), nullable=False),
     Column("paid_date", Date),
+    Column("retention_basis", String(100)),
     Column("row_hash", String(32), nullable=False),
     Column("loaded_at", UtcTime, nullable=False),
 )
@@ -111,7 +113,10 @@ consents = Table(
     Column("sale_reference", String(100)),
     Column("notice_version", String(100)),
     Column("expires_at", UtcTime),
+    Column("bundled", Boolean, nullable=False, server_default="0"),
+    Column("written", Boolean, nullable=False, server_default="0"),
     Column("origin", String(32), nullable=False),
+    Column("retention_basis", String(100)),
     Column("row_hash", String(32), nullable=False),
     Column("recorded_at", UtcTime, nullable=False),
     Index("ix_consents_current", "customer_key", "channel", "purpose", "controller"),
@@ -194,7 +199,11 @@ messages = Table(
     Column("template", String(64), nullable=False),
     Column("purpose", String(16), nullable=False),
     Column("anchor_date", Date, nullable=False),
+    Column("has_offer", Boolean, nullable=False, server_default="0"),
+    Column("recipient", String(24), nullable=False, server_default="customer"),
     Column("status", String(16), nullable=False, index=True),
+    Column("deferred_until", UtcTime),
+    Column("offer_removed", Boolean, nullable=False, server_default="0"),
     Column("locale", String(35)),
     Column("subject", Text),
     Column("body", Text),
@@ -210,6 +219,7 @@ messages = Table(
     Column("rendered_at", UtcTime),
     Column("claimed_at", UtcTime),
     Column("sent_at", UtcTime),
+    Column("retention_basis", String(100)),
     Column("updated_at", UtcTime, nullable=False),
 )
 
@@ -228,8 +238,36 @@ decisions = Table(
     Column("rule_ids", String(200), nullable=False),
     Column("policy_version", String(64), nullable=False),
     Column("consent_id", BigInteger),
+    Column("deferred_until", UtcTime),
+    Column("offer_removed", Boolean, nullable=False, server_default="0"),
+    Column("effective_purpose", String(16)),
+    Column("notes", String(500)),
     Column("decided_at", UtcTime, nullable=False),
-    UniqueConstraint("message_key", "stage", name="uq_decisions_message_stage"),
+)
+
+# Every distinct set of gate rules gets a version; decisions cite it, so any decision can be replayed
+# against exactly the rules that produced it.
+policy_versions = Table(
+    "policy_versions",
+    metadata,
+    Column("policy_version", String(64), primary_key=True),
+    Column("gate_version", String(32), nullable=False),
+    Column("rules", JSON, nullable=False),
+    Column("first_used_at", UtcTime, nullable=False),
+)
+
+# Data-subject requests (GDPR Art. 15 access, Art. 17 erasure) with their legal deadline.
+dsr_requests = Table(
+    "dsr_requests",
+    metadata,
+    Column("request_id", Id, primary_key=True, autoincrement=True),
+    Column("customer_key", String(64), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("received_at", UtcTime, nullable=False),
+    Column("deadline", Date, nullable=False),
+    Column("completed_at", UtcTime),
+    Column("status", String(16), nullable=False),
+    Column("result", JSON),
 )
 
 quarantine = Table(

@@ -51,7 +51,12 @@ def test_every_schedule_parses_in_its_time_zone(deployment: dict[str, Any]) -> N
 
 
 def test_deployments_cover_every_configured_market_once() -> None:
-    covered = [m for d in DEPLOYMENTS for m in d["parameters"]["markets"]]
+    covered = [
+        m
+        for d in DEPLOYMENTS
+        if d["entrypoint"].startswith("flows/renewal_cycle.py")
+        for m in d["parameters"]["markets"]
+    ]
     markets = sorted(p.stem for p in (ROOT / "config/markets").glob("*.yaml"))
     assert sorted(covered) == markets
 
@@ -85,7 +90,9 @@ def test_prefect_deploy_all_registers_every_deployment(tmp_path: Path) -> None:
         assert sorted(d["name"] for d in found) == sorted(d["name"] for d in DEPLOYMENTS)
         for dep in found:
             (schedule,) = dep["schedules"]
-            assert schedule["schedule"]["timezone"] in {"Europe/Berlin", "Europe/London", "Asia/Jakarta"}
+            assert schedule["schedule"]["timezone"] in {
+                e["timezone"] for d in DEPLOYMENTS for e in d["schedules"]
+            }
             assert dep["pull_steps"][0]["prefect.deployments.steps.set_working_directory"][
                 "directory"
             ] == str(ROOT)

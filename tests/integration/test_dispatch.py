@@ -20,6 +20,7 @@ from tests.support.factories import markets, raw_set
 
 NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 KEY = b"k"
+MARKETS = markets()
 
 
 def _seed(engine: Engine, n: int) -> None:
@@ -65,21 +66,21 @@ def _statuses(engine: Engine) -> pd.Series:
 def test_every_rendered_message_is_sent_once(engine: Engine) -> None:
     _seed(engine, 25)
     sender = FakeSender()
-    stats = dispatch_cycle(engine, 1, {"email": sender}, KEY, batch_size=10)
+    stats = dispatch_cycle(engine, 1, {"email": sender}, MARKETS, KEY, batch_size=10)
     assert stats["sent"] == 25
     assert len({m.message_key for m in sender.sent}) == len(sender.sent) == 25
     assert _statuses(engine).to_dict() == {"sent": 25}
-    assert dispatch_cycle(engine, 1, {"email": sender}, KEY, batch_size=10)["sent"] == 0
+    assert dispatch_cycle(engine, 1, {"email": sender}, MARKETS, KEY, batch_size=10)["sent"] == 0
 
 
 def test_a_run_killed_mid_batch_is_finished_by_the_rerun_without_resending(engine: Engine) -> None:
     _seed(engine, 30)
     sender = FakeSender(die_after=14)
     with pytest.raises(ProcessKilled):
-        dispatch_cycle(engine, 1, {"email": sender}, KEY, batch_size=10)
+        dispatch_cycle(engine, 1, {"email": sender}, MARKETS, KEY, batch_size=10)
     assert _statuses(engine).to_dict() == {"sent": 10, "sending": 10, "rendered": 10}
     sender.die_after = None
-    stats = dispatch_cycle(engine, 1, {"email": sender}, KEY, batch_size=10)
+    stats = dispatch_cycle(engine, 1, {"email": sender}, MARKETS, KEY, batch_size=10)
     keys = [m.message_key for m in sender.sent]
     assert len(keys) == len(set(keys)) == 30
     assert stats["reconciled"] == {"confirmed_sent": 4, "resent_later": 6}
@@ -101,7 +102,7 @@ def test_consent_withdrawn_after_planning_stops_the_send(engine: Engine) -> None
         withdrawn = granted.iloc[[1]].assign(status="withdrawn", withdrawn_at=pd.Timestamp(NOW), row_hash="x")
         append_consents(conn, withdrawn, "bank", NOW)
     sender = FakeSender()
-    stats = dispatch_cycle(engine, 1, {"email": sender}, KEY, batch_size=10)
+    stats = dispatch_cycle(engine, 1, {"email": sender}, MARKETS, KEY, batch_size=10)
     assert (stats["sent"], stats["blocked_at_send"]) == (2, 1)
     assert "C0000001" not in {m.to for m in sender.sent} and len(sender.sent) == 2
     with engine.connect() as conn:
@@ -120,5 +121,5 @@ def test_erased_customer_is_not_contacted_at_send_time(engine: Engine) -> None:
             update(s.customers).where(s.customers.c.customer_key == "C0000000").values(erased_at=NOW)
         )
     sender = FakeSender()
-    stats = dispatch_cycle(engine, 1, {"email": sender}, KEY, batch_size=10)
+    stats = dispatch_cycle(engine, 1, {"email": sender}, MARKETS, KEY, batch_size=10)
     assert (stats["sent"], stats["blocked_at_send"]) == (1, 1)

@@ -38,6 +38,7 @@ CUSTOMER = {
     "email": "anna.schmidt@example.com",
     "phone": "0151 23456789",
     "customer_since": "2019-04-01",
+    "region": "",
 }
 CONTRACT_ROW = {
     "contract_key": "K0000001",
@@ -76,6 +77,8 @@ CONSENT = {
     "notice_version": "",
     "expires_at": "",
     "controller": "",
+    "bundled": "false",
+    "written": "false",
 }
 DEFAULTS: dict[Entity, dict[str, str]] = {
     Entity.CUSTOMERS: CUSTOMER,

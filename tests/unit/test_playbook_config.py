@@ -92,9 +92,9 @@ def test_two_steps_on_one_offset_are_rejected(tmp_path: Path) -> None:
     assert "two steps share an offset" in _error(tmp_path, text)
 
 
-def test_offer_on_a_service_step_is_rejected(tmp_path: Path) -> None:
-    text = GOOD + "    offer: {discount: 0.1}\n"
-    assert "carries an offer, so its purpose must be marketing" in _error(tmp_path, text)
+def test_offer_outside_zero_and_one_is_rejected(tmp_path: Path) -> None:
+    text = GOOD + "    offer: {discount: 10}\n"
+    assert "discount is a fraction between 0 and 1" in _error(tmp_path, text)
 
 
 def test_channel_listed_twice_is_rejected(tmp_path: Path) -> None:

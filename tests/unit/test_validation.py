@@ -28,7 +28,7 @@ class TestQuarantineReasons:
             (Entity.CUSTOMERS, {"phone": "call me"}, "phone", Reason.BAD_PHONE),
             (Entity.CUSTOMERS, {"locale": "xx-QQ"}, "locale", Reason.UNKNOWN_LOCALE),
             (Entity.CUSTOMERS, {"locale": "klingon"}, "locale", Reason.UNKNOWN_LOCALE),
-            (Entity.CUSTOMERS, {"market": "US"}, "market", Reason.UNKNOWN_MARKET),
+            (Entity.CUSTOMERS, {"market": "JP"}, "market", Reason.UNKNOWN_MARKET),
             (Entity.CUSTOMERS, {"email": "anna at example.com"}, "email", Reason.BAD_EMAIL),
             (Entity.CUSTOMERS, {"first_name": "<b>Anna</b>"}, "first_name", Reason.UNSAFE_TEXT),
             (Entity.CUSTOMERS, {"last_name": "{{ 7*7 }}"}, "last_name", Reason.UNSAFE_TEXT),
