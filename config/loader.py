@@ -13,6 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from tasks.domain.markets import Market
 from tasks.domain.playbook import Playbook
+from tasks.domain.rules import RetentionPolicy
 from tasks.domain.segmentation import SegmentationConfig
 
 T = TypeVar("T")
@@ -144,3 +145,8 @@ def load_playbook(config_dir: Path, playbook_id: str) -> Playbook:
 def load_segmentation(config_dir: Path) -> SegmentationConfig:
     """Return the segmentation thresholds and scorecard."""
     return load_yaml_model(config_dir / "segments.yaml", SegmentationConfig)
+
+
+def load_retention(config_dir: Path) -> RetentionPolicy:
+    """Return the retention periods per data category."""
+    return load_yaml_model(config_dir / "retention.yaml", RetentionPolicy)

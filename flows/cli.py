@@ -21,8 +21,10 @@ app = typer.Typer(
 )
 run_app = typer.Typer(help="Run a flow once, in this process.", no_args_is_help=True)
 db_app = typer.Typer(help="Manage the Renewals database.", no_args_is_help=True)
+consent_app = typer.Typer(help="Compliance tools: why a message was (not) sent.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
 app.add_typer(db_app, name="db")
+app.add_typer(consent_app, name="consent")
 
 out = Console()
 err = Console(stderr=True)
@@ -154,6 +156,104 @@ def print_summary(summary: dict[str, Any]) -> None:
                 t.add_row(k, f"{v:,}")
             out.print(t)
     out.print(f"[bold]{summary.get('headline', '')}[/]")
+
+
+@run_app.command("dsr-export")
+def run_dsr_export(customer: Annotated[str, typer.Option(help="Customer key.")]) -> None:
+    """Answer an access request (GDPR Art. 15): write everything held about the customer to a JSON file."""
+    from flows.dsr_export import dsr_export
+
+    result = dsr_export(customer_key=customer)
+    out.print(f"export written to {result['file']} (deadline {result['deadline']})")
+
+
+@run_app.command("dsr-erase")
+def run_dsr_erase(
+    customer: Annotated[str, typer.Option(help="Customer key.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: erasure cannot be undone.")] = False,
+) -> None:
+    """Answer an erasure request (GDPR Art. 17): remove personal data, keep legal records tagged, suppress."""
+    if not yes:
+        raise typer.BadParameter("erasure cannot be undone; repeat with --yes", param_hint="--yes")
+    from flows.dsr_erase import dsr_erase
+
+    result = dsr_erase(customer_key=customer)
+    out.print_json(data={k: v for k, v in result.items() if k != "kept_for"})
+
+
+@run_app.command("retention-purge")
+def run_retention_purge(
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Purge as of this UTC date; default now.")
+    ] = None,
+) -> None:
+    """Purge message content and stale contact details past the periods in config/retention.yaml."""
+    from flows.retention_purge import retention_purge
+
+    out.print_json(data=retention_purge(as_of=as_of))
+
+
+@run_app.command("consent-audit")
+def run_consent_audit(
+    start: Annotated[
+        str | None, typer.Option("--from", help="First day (YYYY-MM-DD); default last month.")
+    ] = None,
+    end: Annotated[str | None, typer.Option("--to", help="Day after the last (YYYY-MM-DD).")] = None,
+) -> None:
+    """Write the consent audit (decisions by market, purpose, channel, reason; anomalies) as CSV."""
+    from flows.consent_audit import consent_audit
+
+    result = consent_audit(
+        start=date.fromisoformat(start) if start else None, end=date.fromisoformat(end) if end else None
+    )
+    out.print_json(data=result)
+
+
+@run_app.command("release-deferred")
+def run_release_deferred(
+    markets: Annotated[str | None, typer.Option(help="Comma-separated market codes; default all.")] = None,
+) -> None:
+    """Send deferred messages whose allowed contact slot has come (after a fresh consent check)."""
+    from flows.release_deferred import release_deferred
+
+    print_summary(release_deferred(markets=_parse_markets(markets)))
+
+
+@consent_app.command("explain")
+def consent_explain(
+    customer_key: Annotated[str, typer.Argument(help="The customer's key (never an email or phone).")],
+    cycle: Annotated[
+        int | None, typer.Option("--cycle", help="Cycle id; default the latest with messages.")
+    ] = None,
+) -> None:
+    """Explain, per message, the consent decision: outcome, rules, policy version, consent record, opt-out."""
+    from tasks.explain import explain_customer
+    from tasks.runtime import get_runtime
+
+    with get_runtime().engine.connect() as conn:
+        chain = explain_customer(conn, customer_key, cycle)
+    if not chain:
+        err.print(f"no planned messages for {customer_key}" + (f" in cycle {cycle}" if cycle else ""))
+        raise typer.Exit(code=1)
+    for msg in chain:
+        out.print(
+            f"[bold]{msg['what']}[/] — {msg['status']}" + (f" at {msg['sent_at']}" if msg["sent_at"] else "")
+        )
+        out.print(f"  message key: {msg['message_key']}")
+        for dec in msg["decisions"]:
+            out.print(
+                f"  {dec['stage']} decision {dec['decided_at']}: "
+                f"[bold]{dec['outcome']}[/] ({dec['reason']}) — {dec['why']}"
+            )
+            if dec["deferred_until"]:
+                out.print(f"    deferred until {dec['deferred_until']}")
+            for rule in dec["rules"]:
+                out.print(f"    rule {rule}")
+            out.print(f"    policy version {dec['policy_version']}")
+            if dec["notes"]:
+                out.print(f"    note: {dec['notes']}")
+            out.print(f"    consent record: {dec['consent'] or 'none used (contract basis or no record)'}")
+        out.print(f"  opt-out: {msg['opt_out']}\n")
 
 
 @app.command("demo")

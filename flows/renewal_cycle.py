@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 from prefect import flow
 from prefect.runtime import flow_run
 
+from tasks._prefect import protect_run
 from tasks.cycle import fail_cycle, open_cycle, summarise
 from tasks.dispatch import dispatch
 from tasks.extract import extract
@@ -63,6 +64,7 @@ def renewal_cycle(
     playbook: str = DEFAULT_PLAYBOOK,
 ) -> dict[str, Any]:
     """Run one renewal cycle for `as_of` (default: today in the market's zone) and return its summary."""
+    protect_run({"as_of": as_of, "markets": markets, "dry_run": dry_run, "playbook": playbook})
     codes = resolve_markets(markets)
     day = as_of or local_today(codes)
     cycle_id = open_cycle(day, codes, playbook, dry_run)

@@ -7,6 +7,8 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE
 
 from config.loader import ConfigError
+from config.logging import install_pii_filter
+from tasks.domain.pii import assert_no_pii
 from tasks.sources.raw import SourceError
 
 # Task results can carry customer rows; Prefect must never persist or cache them.
@@ -38,3 +40,9 @@ IO_RETRIES: dict[str, Any] = {
     "retry_jitter_factor": 0.5,
     "retry_condition_fn": retry_transient,
 }
+
+
+def protect_run(parameters: dict[str, Any]) -> None:
+    """Refuse personal data in flow parameters and make sure every log handler masks it (EU-12)."""
+    assert_no_pii(parameters)
+    install_pii_filter()

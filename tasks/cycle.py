@@ -41,6 +41,24 @@ def open_cycle(as_of: date, markets: list[str], playbook_id: str, dry_run: bool)
     return cycle_id
 
 
+@task(name="open-release", **STEP)
+def open_release(as_of: date, markets: list[str] | None) -> int:
+    """Open a cycle row for a deferred-message release run."""
+    rt = get_runtime()
+    with rt.engine.begin() as conn:
+        cycle_id = create_cycle(
+            conn,
+            as_of=as_of,
+            markets=markets or sorted(rt.markets),
+            playbook="(deferred release)",
+            playbook_version=0,
+            dry_run=False,
+            flow_run_id=None,
+        )
+        audit(conn, "release.started", cycle_id=cycle_id)
+    return cycle_id
+
+
 def cycle_summary(conn: Connection, base: dict[str, Any], cycle_id: int) -> dict[str, Any]:
     """Return the full summary: stage stats plus counts per segment, channel/status and decision reason."""
     per_channel = {

@@ -14,14 +14,11 @@ from sqlalchemy import Engine
 from tasks._prefect import IO_RETRIES, STEP
 from tasks.channels.base import Outbound, Sender, SendResult, SendStatus
 from tasks.domain.consent import Outcome, Reason, labelled, required_label
+from tasks.domain.frames import records
 from tasks.domain.markets import Market
 from tasks.gate import decide_for, decision_rows
 from tasks.runtime import get_runtime
 from tasks.store.repository import audit, claim_batch, insert_decisions, set_status, stuck_sending, utcnow
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return frame.to_dict("records")  # type: ignore[return-value]
 
 
 def _address(row: dict[str, Any]) -> str:
@@ -64,7 +61,7 @@ def _settled(result: SendResult, now: datetime) -> dict[str, Any]:
 def _label_failures(batch: pd.DataFrame, markets: Mapping[str, Market]) -> pd.Series:
     """Return the message keys whose marketing content lacks the market's advertising label."""
     bad = []
-    for row in _records(batch):
+    for row in records(batch):
         marketing = row["purpose"] == "marketing" or (
             bool(row["has_offer"]) and not bool(row["offer_removed"])
         )
@@ -157,7 +154,7 @@ def dispatch_cycle(
                     subject=r["subject"],
                     html=r["body_html"],
                 )
-                for r in _records(group)
+                for r in records(group)
             ]
             results.extend(senders[str(channel)].send(outbound))
         settled_at = clock()

@@ -380,3 +380,23 @@ def gate(cycle_id: int, markets: list[str] | None = None, playbook: str | None =
         stats["released"]["decided"],
     )
     return stats
+
+
+@task(name="release-deferred", **STEP)
+def release(cycle_id: int, markets: list[str] | None = None) -> dict[str, Any]:
+    """Re-check consent for deferred messages whose slot has come; allowed ones are queued to send."""
+    rt = get_runtime()
+    now = utcnow()
+    with rt.engine.begin() as conn:
+        due = released_deferred(conn, now, markets, None)
+        stats = gate_messages(
+            conn,
+            due,
+            cycle_id,
+            "release",
+            rt.markets,
+            rt.settings.pii_hash_key.get_secret_value().encode(),
+            now,
+        )
+    get_run_logger().info("released %s deferred messages: %s", stats["decided"], stats["by_status"])
+    return stats

@@ -7,13 +7,14 @@ from functools import cached_property
 
 from sqlalchemy import Engine
 
-from config.loader import load_markets, load_playbook, load_segmentation
+from config.loader import load_markets, load_playbook, load_retention, load_segmentation
 from config.settings import SendMode, Settings, get_settings
 from tasks.channels.base import Sender
 from tasks.channels.outbox import OutboxSender
 from tasks.channels.rendering import Renderer
 from tasks.domain.markets import Market
 from tasks.domain.playbook import Playbook
+from tasks.domain.rules import RetentionPolicy
 from tasks.domain.segmentation import SegmentationConfig
 from tasks.store.engine import make_engine
 
@@ -40,6 +41,11 @@ class Runtime:
     def segmentation(self) -> SegmentationConfig:
         """Return the segmentation thresholds and scorecard."""
         return load_segmentation(self.settings.config_dir)
+
+    @cached_property
+    def retention(self) -> RetentionPolicy:
+        """Return the retention periods per data category."""
+        return load_retention(self.settings.config_dir)
 
     @cached_property
     def renderer(self) -> Renderer:

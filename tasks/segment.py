@@ -13,7 +13,7 @@ from tasks.domain.contract import Entity
 from tasks.domain.segmentation import SegmentationConfig, segment_contracts
 from tasks.domain.summary import counts
 from tasks.runtime import get_runtime
-from tasks.store.repository import read_segment_inputs, write_segments
+from tasks.store.repository import marketing_objectors, read_segment_inputs, write_segments
 
 
 def segment_cycle(
@@ -31,6 +31,7 @@ def segment_cycle(
         as_of,
         config,
     )
+    segments["profiling_objection"] = segments["customer_key"].isin(marketing_objectors(conn, markets))
     write_segments(conn, cycle_id, segments)
     return {
         "contracts": len(segments),
@@ -41,6 +42,7 @@ def segment_cycle(
         "by_dpd_bucket": counts(segments["dpd_bucket"]),
         "inactive": int(segments["inactive"].sum()),
         "model_version": str(segments["model_version"].iloc[0]) if len(segments) else "",
+        "profiling_objections": int(segments["profiling_objection"].sum()),
     }
 
 

@@ -60,6 +60,12 @@ def upgrade() -> None:
     with op.batch_alter_table('instalments', schema=None) as batch_op:
         batch_op.add_column(sa.Column('retention_basis', sa.String(length=100), nullable=True))
 
+    with op.batch_alter_table('segment_assignments', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('profiling_objection', sa.Boolean(), server_default='0', nullable=False))
+
+    with op.batch_alter_table('suppressions', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('retention_basis', sa.String(length=100), nullable=True))
+
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.add_column(sa.Column('has_offer', sa.Boolean(), server_default='0', nullable=False))
         batch_op.add_column(sa.Column('recipient', sa.String(length=24), server_default='customer', nullable=False))
@@ -76,6 +82,12 @@ def downgrade() -> None:
         batch_op.drop_column('deferred_until')
         batch_op.drop_column('recipient')
         batch_op.drop_column('has_offer')
+
+    with op.batch_alter_table('suppressions', schema=None) as batch_op:
+        batch_op.drop_column('retention_basis')
+
+    with op.batch_alter_table('segment_assignments', schema=None) as batch_op:
+        batch_op.drop_column('profiling_objection')
 
     with op.batch_alter_table('instalments', schema=None) as batch_op:
         batch_op.drop_column('retention_basis')

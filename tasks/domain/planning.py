@@ -50,6 +50,12 @@ def due_steps(segments: pd.DataFrame, playbook: Playbook, as_of: date) -> pd.Dat
             hit &= segments["auto_renew"].astype(bool) == step.auto_renew
         if step.risk_bands:
             hit &= segments["risk_band"].isin(step.risk_bands)
+            if (
+                step.purpose.value == "marketing" or step.offer is not None
+            ) and "profiling_objection" in segments:
+                # EU-06: an Art. 21 objection also covers profiling for marketing, so objectors are
+                # never selected for an offer by their risk score.
+                hit &= ~segments["profiling_objection"].astype(bool)
         chosen = chosen.mask(hit, step.id)
     mask = chosen.notna()
     due = segments.loc[mask, ["contract_key", "customer_key", "market", "segment", "risk_band"]].copy()

@@ -159,3 +159,62 @@ def next_allowed(
             continue
         return start
     return None
+
+
+# Short titles of the compliance rules table (../shared/reference/compliance.md), for explanations.
+RULE_TITLES: dict[str, str] = {
+    "EU-01": "a lawful basis per purpose; service and dunning rest on the contract",
+    "EU-02": "marketing consent is specific to the channel",
+    "EU-03": "soft opt-in: sale, own similar products, opt-out at collection and in every message",
+    "EU-05": "promotional content makes a message marketing; the offer block is kept or removed",
+    "EU-06": "an Art. 21 objection stops marketing and marketing profiling",
+    "EU-07": "suppression list checked before every send",
+    "EU-08": "consent must be provable, and withdrawing it as easy as giving it",
+    "EU-09": "no statutory dunning hours; our policy window applies",
+    "EU-10": "erased data is never used again",
+    "DE-01": "German marketing email needs express consent proven by double opt-in",
+    "DE-02": "German soft opt-in needs notice of the right to object at collection",
+    "DE-03": "German WhatsApp marketing needs consent naming WhatsApp, verified",
+    "FR-01": "French consent cannot be bundled with the terms",
+    "FR-02": "French promotional SMS Mon-Sat 08:00-20:00, no Sundays or holidays (af2m charter)",
+    "ES-01": "Spanish soft opt-in needs a prior contract",
+    "UK-01": "UK PECR: consent or soft opt-in for email and text marketing",
+    "UK-02": "UK collections: no contact at unreasonable times (08:00-21:00 benchmark)",
+    "US-01": "US TCPA: written consent for marketing texts, 08:00-21:00 local",
+    "US-02": "US: consent can be revoked by any reasonable means",
+    "US-05": "US Reg F hours 08:00-21:00, applied to our own dunning",
+    "US-06": "Florida: marketing texts 08:00-20:00",
+    "CA-01": "Canada CASL: implied consent lasts 2 years after the relationship ends",
+    "CA-03": "Canada: no contact with third parties about a debt",
+    "SG-02": "Singapore: bulk marketing messages carry <ADV>",
+    "ID-01": "Indonesia collections Mon-Sat 08:00-20:00, not on holidays, never third parties",
+    "TH-01": "Thailand collections weekdays 08:00-20:00, holidays 08:00-18:00, once a day",
+    "VN-01": "Vietnam advertising: [QC] label, 07:00-22:00, at most 3 a day per channel",
+    "KE-01": "Kenya: access requests answered within 7 days",
+    "KE-02": "Kenya digital lenders must not message the customer's contacts",
+    "NG-02": "Nigeria digital lenders must not contact third parties",
+    "WA-01": "WhatsApp business messages need an opt-in naming the business",
+    "ADDR-01": "a valid address for the channel is needed",
+}
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How long each data category is kept (GDPR Art. 5(1)(e), Art. 30(1)(f) time limits)."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # read by pydantic when validating YAML
+
+    message_content_days: int
+    quarantine_raw_days: int
+    inactive_contact_days: int
+    dsr_export_days: int = 30
+
+    def __post_init__(self) -> None:
+        for name in (
+            "message_content_days",
+            "quarantine_raw_days",
+            "inactive_contact_days",
+            "dsr_export_days",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 day")

@@ -51,11 +51,13 @@ def _stage_text(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         upd = sum(v["updated"] for v in loaded.values())
         same = sum(v["unchanged"] for v in loaded.values())
         customers = loaded.get("customers", {})
+        dropped = st["load"].get("suppressed_addresses_dropped", 0)
         rows.append(
             (
                 "load",
                 f"{ins:,} new, {upd:,} updated, {same:,} unchanged",
-                f"customers: {customers.get('inserted', 0):,} new, {customers.get('updated', 0):,} updated",
+                f"customers: {customers.get('inserted', 0):,} new, {customers.get('updated', 0):,} updated"
+                + (f"; {dropped:,} suppressed addresses dropped" if dropped else ""),
             )
         )
     if "segment" in st:
@@ -79,11 +81,12 @@ def _stage_text(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         )
     if "consent-gate" in st:
         g = st["consent-gate"]
+        released = g.get("released", {}).get("decided", 0)
         rows.append(
             (
                 "consent-gate",
                 f"{g['decided']:,} decisions: " + (_fmt(g["by_outcome"]) or "none"),
-                _fmt(g["by_reason"]),
+                _fmt(g["by_reason"]) + (f"; {released:,} deferred released" if released else ""),
             )
         )
     if "render" in st:

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, and_, func, insert, select, update
 
+from tasks.domain.consent import latest_consents
 from tasks.domain.contract import CONTRACT, Entity
 from tasks.store import schema as s
 from tasks.store.bulk import SyncStats, insert_frame, insert_new, read_frame, sync_frame, update_frame
@@ -211,6 +212,29 @@ def read_segment_inputs(conn: Connection, markets: Sequence[str]) -> dict[Entity
 
 
 SEGMENT_COLUMNS = [c.name for c in s.segment_assignments.columns]
+
+
+def marketing_objectors(conn: Connection, markets: Sequence[str]) -> set[str]:
+    """Return customers whose current general marketing record is an objection (GDPR Art. 21)."""
+    c, cust = s.consents, s.customers
+    rows = read_frame(
+        conn,
+        select(
+            c.c.consent_id,
+            c.c.customer_key,
+            c.c.channel,
+            c.c.purpose,
+            c.c.status,
+            c.c.captured_at,
+            c.c.withdrawn_at,
+        )
+        .where(c.c.channel == "all", c.c.purpose == "marketing")
+        .where(c.c.customer_key.in_(select(cust.c.customer_key).where(cust.c.market.in_(list(markets))))),
+    )
+    if rows.empty:
+        return set()
+    current = latest_consents(rows)
+    return set(current.loc[current["status"] == "withdrawn", "customer_key"].astype(str))
 
 
 def write_segments(conn: Connection, cycle_id: int, frame: pd.DataFrame) -> int:

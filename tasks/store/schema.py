@@ -130,6 +130,7 @@ suppressions = Table(
     Column("kind", String(8), nullable=False),
     Column("scope", String(16), nullable=False),
     Column("reason", String(64), nullable=False),
+    Column("retention_basis", String(100)),
     Column("created_at", UtcTime, nullable=False),
 )
 
@@ -170,6 +171,7 @@ segment_assignments = Table(
     Column("risk_factors", String(200), nullable=False),
     Column("segment", String(32), nullable=False),
     Column("model_version", String(64), nullable=False),
+    Column("profiling_objection", Boolean, nullable=False, server_default="0"),
 )
 
 holdouts = Table(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from uuid import UUID
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -20,6 +22,8 @@ from prefect.client.schemas.filters import (
 )
 from sqlalchemy import create_engine, text
 
+from flows.cli import app
+from flows.consent_audit import consent_audit
 from flows.renewal_cycle import renewal_cycle
 from tasks.domain.contract import Entity
 from tests.e2e.conftest import AS_OF, Portfolio, flush_logs, wire
@@ -115,6 +119,9 @@ def test_cycle_twice_on_postgres_sends_each_message_once(tmp_path: Path, pg_url:
     )
     assert quarantined[0] == sum(stages["validate"]["rows_quarantined"].values())
 
+    audit_summary = consent_audit(start=date(2026, 1, 1), end=date(2027, 1, 1))
+    assert set(audit_summary["anomalies"].values()) == {0}, audit_summary["anomalies"]
+
     texts = _run_texts(first_run)
     needles = _pii_needles(portfolio)
     assert len(needles) > 1000
@@ -137,6 +144,14 @@ def test_cycle_on_sqlite_with_a_dry_run_first_sends_nothing_then_everything(tmp_
     real, _ = _run()
     assert real["stages"]["plan"]["new"] == dry["stages"]["plan"]["new"] > 0
     assert real["stages"]["dispatch"]["sent"] == len(_outbox_keys(portfolio)) > 0
+
+    sent_to = _query(
+        f"sqlite:///{tmp_path / 'store.db'}", "select customer_key from messages where status = 'sent'"
+    )
+    result = CliRunner().invoke(app, ["consent", "explain", sent_to[0][0]])
+    assert result.exit_code == 0, result.output
+    assert "plan decision" in result.output and "policy version gate-v2.0+" in result.output
+    assert not EMAIL.search(result.output)
 
 
 def test_a_missing_column_stops_the_run_before_anything_is_sent(tmp_path: Path) -> None:

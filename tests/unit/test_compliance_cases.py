@@ -336,3 +336,32 @@ class TestGateBasics:
             {"TH": holiday_checker(rules["TH"])},
         )
         assert [d.outcome for d in out] == [Outcome.ALLOWED, Outcome.ALLOWED, Outcome.BLOCKED]
+
+
+def test_case21_art21_objector_is_not_selected_for_an_offer_by_risk_score() -> None:
+    from datetime import timedelta
+
+    import pandas as pd
+
+    from config.loader import load_playbook
+    from tasks.domain.planning import due_steps
+    from tests.support.factories import ROOT
+
+    book = load_playbook(ROOT / "config", "renewal-standard")
+    as_of = date(2026, 11, 22)
+    segments = pd.DataFrame(
+        {
+            "contract_key": ["K1", "K2"],
+            "customer_key": ["C1", "C2"],
+            "market": ["DE", "DE"],
+            "product": ["loan", "loan"],
+            "status": ["active", "active"],
+            "segment": ["renewal_due_high_risk"] * 2,
+            "risk_band": ["high", "high"],
+            "auto_renew": [False, False],
+            "term_end": [pd.Timestamp(as_of + timedelta(days=6))] * 2,
+            "profiling_objection": [True, False],
+        }
+    )
+    due = due_steps(segments, book, as_of).set_index("customer_key")["step"]
+    assert due.to_dict() == {"C1": "T-7", "C2": "T-7-offer"}
