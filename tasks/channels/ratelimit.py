@@ -1,0 +1,100 @@
+"""Pace provider calls: at most `rate` units start in any 1-second window, at most N calls in flight."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
+
+
+class Limiter(Protocol):
+    """Admits provider calls; a distributed one (Prefect global concurrency limits) can replace it."""
+
+    def acquire(self, units: int = 1) -> AbstractContextManager[float]:
+        """Wait until `units` may start; hold a concurrency slot inside the context; yield the start time."""
+        ...
+
+
+class SlidingWindowLimiter:
+    """Exact sliding-window log: a start is admitted only if the last `per` seconds hold at most `rate` units.
+
+    A token bucket of capacity `rate` lets up to 2 x rate start within one second (a full bucket plus the
+    refill), which carriers count as a breach of the sender's MPS; the log never does.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        max_concurrency: int = 8,
+        per: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0 or per <= 0 or max_concurrency < 1:
+            raise ValueError("rate, per and max_concurrency must be positive")
+        self.rate = rate
+        self.per = per
+        self.max_concurrency = max_concurrency
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._log: deque[tuple[float, int]] = deque()
+        self._used = 0
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+
+    def _admit(self, units: int) -> float | None:
+        """Record a start of `units` now and return its time, or return None after sleeping a bit."""
+        with self._lock:
+            now = self._clock()
+            while self._log and self._log[0][0] <= now - self.per:
+                self._used -= self._log.popleft()[1]
+            if self._used + units <= self.rate:
+                self._log.append((now, units))
+                self._used += units
+                return now
+            # Wait until enough of the oldest starts leave the window.
+            excess = self._used + units - self.rate
+            freed = 0
+            wake = now
+            for at, n in self._log:
+                freed += n
+                wake = at + self.per
+                if freed >= excess:
+                    break
+        self._sleep(max(wake - now, 1e-4))
+        return None
+
+    @contextmanager
+    def acquire(self, units: int = 1) -> Iterator[float]:
+        """Wait until `units` may start; hold a concurrency slot inside the context; yield the start time."""
+        if units < 1:
+            raise ValueError("units must be at least 1")
+        if units > self.rate:
+            raise ValueError(f"{units} units can never fit a window of {self.rate}")
+        # The slot is taken before the rate check, so the recorded start is when the call really starts.
+        self._slots.acquire()
+        try:
+            started = self._admit(units)
+            while started is None:
+                started = self._admit(units)
+            yield started
+        finally:
+            self._slots.release()
+
+
+class ConcurrencyLimiter:
+    """No rate ceiling, only a cap on calls in flight."""
+
+    def __init__(self, max_concurrency: int = 8, clock: Callable[[], float] = time.monotonic) -> None:
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._clock = clock
+
+    @contextmanager
+    def acquire(self, units: int = 1) -> Iterator[float]:
+        """Hold a concurrency slot while the context is open; yield the start time."""
+        del units
+        with self._slots:
+            yield self._clock()
