@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -62,13 +63,50 @@ class Settings(BaseSettings):
     batch_size: Annotated[int, Field(gt=0)] = 50_000
     dispatch_batch_size: Annotated[int, Field(gt=0)] = 1_000
 
+    # A dispatcher's claim on messages it is sending; after this a dead dispatcher's claims are reconciled
+    # (on PostgreSQL a live one is detected through its advisory lock, so this only bounds SQLite).
+    claim_lease_seconds: Annotated[float, Field(ge=0)] = 600.0
+    # How long to wait for provider evidence (a lookup or a webhook event) before an in-doubt message is
+    # settled; SendGrid's Event Webhook normally reports a "processed" event within seconds.
+    in_doubt_grace_seconds: Annotated[float, Field(ge=0)] = 900.0
+
     twilio_account_sid: str = ""
     twilio_auth_token: SecretStr = SecretStr("")
     twilio_base_url: str = "https://api.twilio.com"
     twilio_messaging_service_sid: str = ""
+    twilio_sms_from: str = ""
+    twilio_whatsapp_messaging_service_sid: str = ""
+    twilio_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    twilio_sms_validity_period: Annotated[int, Field(ge=1, le=36000)] = 36000
+    twilio_whatsapp_validity_period: Annotated[int, Field(ge=1, le=36000)] = 14400
+    twilio_concurrency: Annotated[int, Field(ge=1)] = 8
+    webhook_public_base_url: str = ""
+
+    sms_segment_ceiling: Annotated[int, Field(ge=1)] = 3
+    sms_rate_per_second: Annotated[float, Field(gt=0)] = 10.0
+    sms_rate_counts_segments: bool = True
+    sms_price_per_segment: dict[str, Decimal] = Field(default_factory=dict)
+    sms_default_price_per_segment: Decimal = Decimal("0.08")
+    whatsapp_rate_per_second: Annotated[float, Field(gt=0)] = 80.0
+    whatsapp_default_price: Decimal = Decimal("0.05")
+    channel_price_currency: str = "USD"
+
+    retry_max_attempts: Annotated[int, Field(ge=1)] = 4
+    retry_base_delay: Annotated[float, Field(ge=0)] = 0.5
+    retry_max_delay: Annotated[float, Field(ge=0)] = 30.0
+
     sendgrid_api_key: SecretStr = SecretStr("")
     sendgrid_host: str = "https://api.sendgrid.com"
     sendgrid_from_email: str = "reminders@example.invalid"
+    sendgrid_from_name: str = ""
+    sendgrid_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    sendgrid_rate_per_second: Annotated[float, Field(gt=0)] = 100.0
+    sendgrid_concurrency: Annotated[int, Field(ge=1)] = 8
+    sendgrid_asm_group_id: int | None = None
+    sendgrid_unsubscribe_mailto: str = ""
+    sendgrid_dynamic_templates: dict[str, str] = Field(default_factory=dict)
+    sendgrid_webhook_public_key: SecretStr = SecretStr("")
+    sendgrid_webhook_max_age_seconds: Annotated[int, Field(ge=1)] = 300
 
     @field_validator("database_url")
     @classmethod
@@ -90,6 +128,11 @@ class Settings(BaseSettings):
         return self.source_dir or self.home / "demo-data"
 
     @property
+    def whatsapp_templates_path(self) -> Path:
+        """Return the WhatsApp template registry file."""
+        return self.config_dir / "whatsapp_templates.yaml"
+
+    @property
     def resolved_outbox_dir(self) -> Path:
         """Return the directory the outbox channel appends to."""
         return self.outbox_dir or self.home / "outbox"
@@ -103,6 +146,10 @@ class Settings(BaseSettings):
             for name, value in (
                 ("RENEWALS_TWILIO_ACCOUNT_SID", self.twilio_account_sid),
                 ("RENEWALS_TWILIO_AUTH_TOKEN", self.twilio_auth_token.get_secret_value()),
+                (
+                    "RENEWALS_TWILIO_MESSAGING_SERVICE_SID or RENEWALS_TWILIO_SMS_FROM",
+                    self.twilio_messaging_service_sid or self.twilio_sms_from,
+                ),
                 ("RENEWALS_SENDGRID_API_KEY", self.sendgrid_api_key.get_secret_value()),
             )
             if not value

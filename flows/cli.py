@@ -22,6 +22,8 @@ app = typer.Typer(
 run_app = typer.Typer(help="Run a flow once, in this process.", no_args_is_help=True)
 db_app = typer.Typer(help="Manage the Renewals database.", no_args_is_help=True)
 consent_app = typer.Typer(help="Compliance tools: why a message was (not) sent.", no_args_is_help=True)
+webhooks_app = typer.Typer(help="The delivery-tracking webhook service.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(run_app, name="run")
 app.add_typer(db_app, name="db")
 app.add_typer(consent_app, name="consent")
@@ -254,6 +256,21 @@ def consent_explain(
                 out.print(f"    note: {dec['notes']}")
             out.print(f"    consent record: {dec['consent'] or 'none used (contract basis or no record)'}")
         out.print(f"  opt-out: {msg['opt_out']}\n")
+
+
+@webhooks_app.command("serve")
+def webhooks_serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """Serve Twilio status callbacks and inbound replies and SendGrid events (signatures required)."""
+    import uvicorn
+
+    from flows.webhooks import create_app
+    from tasks.runtime import get_runtime
+
+    runtime = get_runtime()
+    uvicorn.run(create_app(runtime.settings, runtime.engine), host=host, port=port, log_level="info")
 
 
 @app.command("demo")

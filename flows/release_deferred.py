@@ -22,7 +22,7 @@ def release_deferred(markets: list[str] | None = None) -> dict[str, Any]:
     cycle_id = open_release(now.date(), markets)
     stages: dict[str, Any] = {"consent-gate": release(cycle_id, markets)}
     stages["render"] = render(cycle_id, now.date())
-    stages["dispatch"] = dispatch(cycle_id)
+    stages["dispatch"] = dispatch(cycle_id, now.date())
     base = {
         "cycle_id": cycle_id,
         "as_of": now.date().isoformat(),

@@ -97,7 +97,7 @@ def renewal_cycle(
         with timed(seconds, "render"):
             stages["render"] = render(cycle_id, day)
         with timed(seconds, "dispatch"):
-            stages["dispatch"] = {"skipped": True} if dry_run else dispatch(cycle_id)
+            stages["dispatch"] = {"skipped": True} if dry_run else dispatch(cycle_id, day)
     except Exception as exc:
         fail_cycle(cycle_id, base, exc)
         raise

@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 
 from tasks._prefect import STEP
 from tasks.domain.summary import headline, markdown
+from tasks.render import check_whatsapp_steps
 from tasks.runtime import get_runtime
 from tasks.store.repository import audit, count_by, create_cycle, finish_cycle
 
@@ -24,6 +25,7 @@ def open_cycle(as_of: date, markets: list[str], playbook_id: str, dry_run: bool)
     unknown = sorted(set(markets) - set(rt.markets))
     if unknown:
         raise ValueError(f"unknown market(s) {unknown}; configured: {sorted(rt.markets)}")
+    check_whatsapp_steps(book, [rt.markets[m] for m in markets], rt.whatsapp_registry)
     ctx = get_run_context()
     flow_run = getattr(ctx, "task_run", None)
     run_id = str(flow_run.flow_run_id) if flow_run is not None else None

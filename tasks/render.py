@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +24,7 @@ from tasks.channels.rendering import (
     format_share,
     label,
 )
+from tasks.channels.whatsapp_registry import WhatsAppRegistry
 from tasks.domain.consent import required_label
 from tasks.domain.markets import Market
 from tasks.domain.playbook import Playbook
@@ -88,6 +89,63 @@ def message_context(
     }
 
 
+# Every name a template or a WhatsApp registry entry may use (message_context builds exactly these).
+CONTEXT_KEYS = frozenset(
+    {
+        "first_name",
+        "last_name",
+        "company",
+        "product_name",
+        "contract_ref",
+        "term_end",
+        "days_left",
+        "days_overdue",
+        "price",
+        "renew_url",
+        "unsubscribe_url",
+        "is_marketing",
+        "offer_discount",
+        "offer_deadline",
+    }
+)
+
+
+def check_whatsapp_steps(playbook: Playbook, markets: Iterable[Market], registry: WhatsAppRegistry) -> None:
+    """Raise ValueError naming the step, template and locale when a WhatsApp step has no approved template.
+
+    Checked when the cycle starts, so a missing ContentSid or variable stops the plan, not the send.
+    """
+    problems = []
+    for step in playbook.steps:
+        if "whatsapp" not in [c.value for c in step.channels]:
+            continue
+        for market in markets:
+            for locale in dict.fromkeys((market.default_locale, *market.locales)):
+                try:
+                    _, names = registry.lookup(step.template, locale)
+                except LookupError as exc:
+                    problems.append(f"step {step.id}: {exc}")
+                    continue
+                unknown = sorted(set(names) - CONTEXT_KEYS)
+                if unknown:
+                    problems.append(
+                        f"step {step.id}: {step.template}/{locale} uses unknown variables {unknown}"
+                    )
+    if problems:
+        raise ValueError("WhatsApp templates not ready: " + "; ".join(dict.fromkeys(problems)))
+
+
+def whatsapp_variables(
+    registry: WhatsAppRegistry | None, row: dict[str, Any], ctx: Mapping[str, Any]
+) -> dict[str, str] | None:
+    """Return the named values an approved WhatsApp template needs (a gap fails the render, not the send)."""
+    if registry is None:
+        return None
+    registry.content_variables(row["template"], row["locale"], ctx)
+    _, names = registry.lookup(row["template"], row["locale"])
+    return {name: str(ctx[name]) for name in names}
+
+
 def is_marketing(row: dict[str, Any]) -> bool:
     """Return whether the message's content is marketing: its purpose, or a kept reward offer block."""
     return row["purpose"] == "marketing" or (bool(row["has_offer"]) and not bool(row["offer_removed"]))
@@ -101,6 +159,7 @@ def render_cycle(
     as_of: date,
     *,
     markets: Mapping[str, Market],
+    whatsapp: WhatsAppRegistry | None = None,
     company: str,
     link_secret: bytes,
     link_base: str,
@@ -137,7 +196,8 @@ def render_cycle(
             done = renderer.render(
                 row["channel"], row["template"], row["locale"], ctx, offer=offer, label=label
             )
-        except (TemplateMissing, TemplateError, KeyError, ValueError) as exc:
+            variables = whatsapp_variables(whatsapp, row, ctx) if row["channel"] == "whatsapp" else None
+        except (TemplateMissing, TemplateError, KeyError, ValueError, LookupError) as exc:
             failures += 1
             out.append(
                 {
@@ -160,6 +220,7 @@ def render_cycle(
                 "body_html": done.html,
                 "encoding": done.encoding,
                 "segments": done.segments,
+                "template_variables": variables,
                 "rendered_at": now,
             }
         )
@@ -187,23 +248,31 @@ def render_cycle(
     }
 
 
-@task(name="render", **STEP)
-def render(cycle_id: int, as_of: date) -> dict[str, Any]:
-    """Render the cycle's queued messages."""
+def render_queued(cycle_id: int, as_of: date | None) -> dict[str, Any]:
+    """Render the cycle's queued messages with the process runtime (used by the task and by dispatch)."""
     rt = get_runtime()
     settings = rt.settings
+    day = as_of or utcnow().date()
     with rt.engine.begin() as conn:
         stats = render_cycle(
             conn,
             cycle_id,
             rt.renderer,
             rt.playbook,
-            as_of,
+            day,
             markets=rt.markets,
+            whatsapp=rt.whatsapp_registry,
             company=settings.company_name,
             link_secret=settings.pii_hash_key.get_secret_value().encode(),
             link_base=str(settings.renew_base_url),
             unsubscribe_base=str(settings.unsubscribe_base_url),
         )
+    return stats
+
+
+@task(name="render", **STEP)
+def render(cycle_id: int, as_of: date) -> dict[str, Any]:
+    """Render the cycle's queued messages."""
+    stats = render_queued(cycle_id, as_of)
     get_run_logger().info("rendered %s messages (%s failed)", stats["rendered"], stats["failed"])
     return stats

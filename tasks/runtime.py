@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -11,12 +13,21 @@ from config.loader import load_markets, load_playbook, load_retention, load_segm
 from config.settings import SendMode, Settings, get_settings
 from tasks.channels.base import Sender
 from tasks.channels.outbox import OutboxSender
+from tasks.channels.ratelimit import SlidingWindowLimiter
 from tasks.channels.rendering import Renderer
+from tasks.channels.results import PendingMessage
+from tasks.channels.retry import RetryPolicy
+from tasks.channels.sendgrid_email import SendGridEmailSender
+from tasks.channels.twilio_sms import TwilioSmsSender
+from tasks.channels.twilio_whatsapp import TwilioWhatsAppSender
+from tasks.channels.whatsapp_registry import WhatsAppRegistry, load_whatsapp_registry
+from tasks.domain.frames import records
 from tasks.domain.markets import Market
 from tasks.domain.playbook import Playbook
 from tasks.domain.rules import RetentionPolicy
 from tasks.domain.segmentation import SegmentationConfig
 from tasks.store.engine import make_engine
+from tasks.store.repository import pending_messages
 
 
 @dataclass
@@ -58,14 +69,89 @@ class Runtime:
             self._playbooks[playbook_id] = load_playbook(self.settings.config_dir, playbook_id)
         return self._playbooks[playbook_id]
 
+    @cached_property
+    def whatsapp_registry(self) -> WhatsAppRegistry:
+        """Return the approved WhatsApp templates (template key and locale to ContentSid and variables)."""
+        return load_whatsapp_registry(self.settings.whatsapp_templates_path)
+
     def sender(self, channel: str) -> Sender:
         """Return the sender for a channel under the configured send mode."""
         if channel not in self._senders:
             if self.settings.send_mode is SendMode.OUTBOX:
                 self._senders[channel] = OutboxSender(self.settings.resolved_outbox_dir, channel)
             else:
-                raise NotImplementedError("send_mode=live arrives with the Twilio and SendGrid channels")
+                self.settings.check_live_secrets()
+                self._senders[channel] = self._live_sender(channel)
         return self._senders[channel]
+
+    def _pending(self, keys: Sequence[str]) -> dict[str, PendingMessage]:
+        with self.engine.connect() as conn:
+            frame = pending_messages(conn, keys)
+        return {
+            r["message_key"]: PendingMessage(r["message_key"], r["to"], r["body"] or "", r["claimed_at"])
+            for r in records(frame)
+        }
+
+    def _live_sender(self, channel: str) -> Sender:
+        st = self.settings
+        retry = RetryPolicy(
+            max_attempts=st.retry_max_attempts, base_delay=st.retry_base_delay, max_delay=st.retry_max_delay
+        )
+        callbacks = st.webhook_public_base_url.rstrip("/") or None
+        if channel == "email":
+            return SendGridEmailSender(
+                st.sendgrid_api_key.get_secret_value(),
+                from_email=st.sendgrid_from_email,
+                from_name=st.sendgrid_from_name or None,
+                base_url=st.sendgrid_host,
+                limiter=SlidingWindowLimiter(
+                    st.sendgrid_rate_per_second, max_concurrency=st.sendgrid_concurrency
+                ),
+                retry=retry,
+                concurrency=st.sendgrid_concurrency,
+                timeout=st.sendgrid_timeout_seconds,
+                dynamic_templates=st.sendgrid_dynamic_templates,
+                asm_group_id=st.sendgrid_asm_group_id,
+                unsubscribe_url=str(st.unsubscribe_base_url),
+                unsubscribe_mailto=st.sendgrid_unsubscribe_mailto or None,
+            )
+        common: dict[str, Any] = {
+            "base_url": st.twilio_base_url,
+            "status_callback_base": callbacks,
+            "retry": retry,
+            "concurrency": st.twilio_concurrency,
+            "timeout": st.twilio_timeout_seconds,
+            "currency": st.channel_price_currency,
+            "pending_lookup": self._pending,
+        }
+        token = st.twilio_auth_token.get_secret_value()
+        if channel == "whatsapp":
+            return TwilioWhatsAppSender(
+                st.twilio_account_sid,
+                token,
+                registry=self.whatsapp_registry,
+                messaging_service_sid=st.twilio_whatsapp_messaging_service_sid
+                or st.twilio_messaging_service_sid,
+                validity_period=st.twilio_whatsapp_validity_period,
+                limiter=SlidingWindowLimiter(
+                    st.whatsapp_rate_per_second, max_concurrency=st.twilio_concurrency
+                ),
+                default_price=st.whatsapp_default_price,
+                **common,
+            )
+        return TwilioSmsSender(
+            st.twilio_account_sid,
+            token,
+            messaging_service_sid=st.twilio_messaging_service_sid or None,
+            from_=st.twilio_sms_from or None,
+            validity_period=st.twilio_sms_validity_period,
+            segment_ceiling=st.sms_segment_ceiling,
+            count_segments=st.sms_rate_counts_segments,
+            limiter=SlidingWindowLimiter(st.sms_rate_per_second, max_concurrency=st.twilio_concurrency),
+            prices=st.sms_price_per_segment,
+            default_price=st.sms_default_price_per_segment,
+            **common,
+        )
 
     def close(self) -> None:
         """Release the engine's connections."""

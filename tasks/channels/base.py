@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -20,6 +20,9 @@ class Outbound:
     category: str
     subject: str | None = None
     html: str | None = None
+    template: str | None = None
+    locale: str | None = None
+    variables: Mapping[str, str] | None = None
 
 
 class SendStatus(StrEnum):

@@ -45,6 +45,8 @@ class SendGridEmailSender:
     """
 
     provider = "sendgrid"
+    # SendGrid has no lookup API: lost outcomes are reconciled from Event Webhook events by message key.
+    reconciles_by_lookup = False
     channel = "email"
 
     def __init__(

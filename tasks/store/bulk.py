@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    or_,
     update,
 )
 
@@ -162,10 +163,12 @@ def update_frame(
     df: pd.DataFrame,
     key: list[str],
     only_where_null: str | None = None,
+    only_where_in: tuple[str, tuple[str, ...]] | None = None,
 ) -> int:
     """Update `table` from `df`, matching rows on `key`; return how many rows changed.
 
-    With `only_where_null`, rows whose column of that name is set are left alone (e.g. erased_at).
+    With `only_where_null`, rows whose column of that name is set are left alone (e.g. erased_at);
+    with `only_where_in=(column, values)`, only rows whose column holds one of the values change.
     """
     if df.empty:
         return 0
@@ -175,6 +178,10 @@ def update_frame(
         sets = ", ".join(f'"{c}" = s."{c}"' for c in values)
         match = " AND ".join(f't."{k}" = s."{k}"' for k in key)
         extra = f' AND t."{only_where_null}" IS NULL' if only_where_null else ""
+        if only_where_in is not None:
+            column, allowed = only_where_in
+            quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in allowed)
+            extra += f' AND t."{column}" IN ({quoted})'
         result = conn.exec_driver_sql(
             f'UPDATE "{table.name}" AS t SET {sets} FROM {tmp} AS s WHERE {match}{extra}'
         )
@@ -182,6 +189,9 @@ def update_frame(
     cond = and_(*(table.c[k] == bindparam(f"k_{k}") for k in key))
     if only_where_null:
         cond = and_(cond, table.c[only_where_null].is_(None))
+    if only_where_in is not None:
+        # An expanding IN cannot be used with executemany; spell the alternatives out.
+        cond = and_(cond, or_(*(table.c[only_where_in[0]] == value for value in only_where_in[1])))
     stmt = update(table).where(cond).values({c: bindparam(f"v_{c}") for c in values})
     rows = [
         {**{f"k_{k}": r[k] for k in key}, **{f"v_{c}": r[c] for c in values}} for r in _records(df, table)

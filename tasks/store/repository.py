@@ -445,7 +445,9 @@ def read_render_context(conn: Connection, cycle_id: int) -> pd.DataFrame:
 # --- dispatch -------------------------------------------------------------------------------------
 
 
-def claim_batch(conn: Connection, cycle_id: int, limit: int, now: datetime) -> pd.DataFrame:
+def claim_batch(
+    conn: Connection, cycle_id: int, limit: int, now: datetime, owner: int | None = None
+) -> pd.DataFrame:
     """Move up to `limit` rendered messages to `sending` and return them with their addresses.
 
     On PostgreSQL the rows are locked with SKIP LOCKED, so concurrent dispatchers never claim
@@ -461,7 +463,7 @@ def claim_batch(conn: Connection, cycle_id: int, limit: int, now: datetime) -> p
     conn.execute(
         update(m)
         .where(m.c.message_key.in_(keys), m.c.status == "rendered")
-        .values(status="sending", claimed_at=now, updated_at=now, attempts=m.c.attempts + 1)
+        .values(status="sending", claimed_at=now, claimed_by=owner, updated_at=now, attempts=m.c.attempts + 1)
     )
     stmt = (
         select(
@@ -484,6 +486,7 @@ def claim_batch(conn: Connection, cycle_id: int, limit: int, now: datetime) -> p
             m.c.body,
             m.c.body_html,
             m.c.segments,
+            m.c.template_variables,
             cust.c.email,
             cust.c.phone_e164,
             cust.c.erased_at,
@@ -492,6 +495,19 @@ def claim_batch(conn: Connection, cycle_id: int, limit: int, now: datetime) -> p
         .where(m.c.message_key.in_(keys))
     )
     return read_frame(conn, stmt)
+
+
+def pending_messages(conn: Connection, keys: Sequence[str]) -> pd.DataFrame:
+    """Return address, body and claim time of messages whose send outcome was lost (for reconciliation)."""
+    m, cust = s.messages, s.customers
+    frame = read_frame(
+        conn,
+        select(m.c.message_key, m.c.channel, m.c.body, m.c.claimed_at, cust.c.email, cust.c.phone_e164)
+        .join(cust, cust.c.customer_key == m.c.customer_key)
+        .where(m.c.message_key.in_(list(keys))),
+    )
+    frame["to"] = frame["email"].where(frame["channel"] == "email", frame["phone_e164"])
+    return frame[["message_key", "to", "body", "claimed_at"]]
 
 
 def stuck_sending(conn: Connection, cycle_id: int) -> pd.DataFrame:

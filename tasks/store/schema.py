@@ -212,14 +212,20 @@ messages = Table(
     Column("body_html", Text),
     Column("encoding", String(8)),
     Column("segments", Integer),
+    Column("template_variables", JSON),
     Column("provider", String(32)),
     Column("provider_message_id", String(100)),
     Column("error_code", String(32)),
+    Column("error_class", String(16)),
     Column("error_detail", String(500)),
+    Column("cost", Numeric(12, 5)),
+    Column("cost_currency", String(3)),
     Column("attempts", Integer, nullable=False, default=0),
     Column("planned_at", UtcTime, nullable=False),
     Column("rendered_at", UtcTime),
     Column("claimed_at", UtcTime),
+    Column("claimed_by", BigInteger),
+    Column("delivered_at", UtcTime),
     Column("sent_at", UtcTime),
     Column("retention_basis", String(100)),
     Column("updated_at", UtcTime, nullable=False),
@@ -245,6 +251,22 @@ decisions = Table(
     Column("effective_purpose", String(16)),
     Column("notes", String(500)),
     Column("decided_at", UtcTime, nullable=False),
+)
+
+# Delivery events from provider webhooks (Twilio status callbacks, SendGrid events), deduplicated by
+# the provider's event id; they carry no contact data.
+delivery_events = Table(
+    "delivery_events",
+    metadata,
+    Column("event_id", String(120), primary_key=True),
+    Column("provider", String(32), nullable=False),
+    Column("message_key", String(200), index=True),
+    Column("provider_message_id", String(100)),
+    Column("event", String(32), nullable=False),
+    Column("error_code", String(32)),
+    Column("applied", Boolean, nullable=False),
+    Column("occurred_at", UtcTime),
+    Column("received_at", UtcTime, nullable=False),
 )
 
 # Every distinct set of gate rules gets a version; decisions cite it, so any decision can be replayed

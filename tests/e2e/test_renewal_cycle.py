@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -21,6 +20,7 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.consent_audit import consent_audit

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, MetaData, func, select, text
 
+from config.loader import load_retention
 from tasks.dsr import erase_customer, export_customer, open_request
 from tasks.explain import explain_customer
 from tasks.retention import purge
 from tasks.store import schema as s
-from config.loader import load_retention
 from tests.support.factories import ROOT, markets, raw_set
 from tests.support.pipeline import HASH_KEY, Pipeline
 

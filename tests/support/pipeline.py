@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from config.loader import load_playbook, load_segmentation
 from tasks.channels.base import Sender
 from tasks.channels.rendering import Renderer
+from tasks.channels.whatsapp_registry import load_whatsapp_registry
 from tasks.dispatch import dispatch_cycle
 from tasks.domain.contract import Entity
 from tasks.domain.markets import Market
@@ -40,6 +41,7 @@ class Pipeline:
         default_factory=lambda: {c: FakeSender() for c in ("email", "sms", "whatsapp")}
     )
     playbook_id: str = "renewal-standard"
+    dispatch_options: dict[str, Any] = field(default_factory=dict)
 
     def load(self, raws: Mapping[Entity, RawFrame], cycle_id: int = 0) -> dict[str, Any]:
         """Validate and load raw frames."""
@@ -66,24 +68,42 @@ class Pipeline:
             stats["segment"] = segment_cycle(conn, cycle_id, as_of, codes, load_segmentation(ROOT / "config"))
             stats["plan"] = plan_cycle(conn, cycle_id, book, as_of, codes, False)
             stats["gate"] = gate_cycle(conn, cycle_id, self.markets, HASH_KEY, moment, codes, book.id)
-            stats["render"] = render_cycle(
+        stats["render"] = self.render(cycle_id, as_of)
+        if send:
+            stats["dispatch"] = self.dispatch(cycle_id, moment)
+        stats["cycle_id"] = cycle_id
+        return stats
+
+    def render(self, cycle_id: int, as_of: date) -> dict[str, Any]:
+        """Render the cycle's queued messages."""
+        with self.engine.begin() as conn:
+            return render_cycle(
                 conn,
                 cycle_id,
                 Renderer(ROOT / "templates"),
                 lambda pid: load_playbook(ROOT / "config", pid),
                 as_of,
                 markets=self.markets,
+                whatsapp=load_whatsapp_registry(ROOT / "config/whatsapp_templates.yaml"),
                 company="Test Bank",
                 link_secret=HASH_KEY,
                 link_base="https://example.invalid/renew",
                 unsubscribe_base="https://example.invalid/unsubscribe",
             )
-        if send:
-            stats["dispatch"] = dispatch_cycle(
-                self.engine, cycle_id, self.senders, self.markets, HASH_KEY, 500, clock=lambda: moment
-            )
-        stats["cycle_id"] = cycle_id
-        return stats
+
+    def dispatch(self, cycle_id: int, moment: datetime | None = None, **options: Any) -> dict[str, Any]:
+        """Dispatch the cycle's rendered messages through the pipeline's senders."""
+        when = moment or datetime.now(UTC)
+        return dispatch_cycle(
+            self.engine,
+            cycle_id,
+            self.senders,
+            self.markets,
+            HASH_KEY,
+            500,
+            clock=lambda: when,
+            **{**self.dispatch_options, **options},
+        )
 
 
 def outbox_dir(tmp_path: Path) -> Path:
