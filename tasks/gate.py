@@ -14,7 +14,7 @@ from typing import Any
 import holidays as holidays_lib
 import pandas as pd
 from prefect import get_run_logger, task
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, select
 
 from tasks._prefect import STEP
 from tasks.domain.consent import (
@@ -34,7 +34,7 @@ from tasks.domain.summary import counts
 from tasks.runtime import get_runtime
 from tasks.store import schema as s
 from tasks.store.bulk import read_frame
-from tasks.store.repository import insert_decisions, pii_hash, set_status, utcnow
+from tasks.store.repository import insert_decisions, insert_ignore, pii_hash, set_status, utcnow
 
 PURPOSE_ORDER = {"service": 0, "dunning": 1, "marketing": 2}
 
@@ -57,10 +57,15 @@ def record_policy(conn: Connection, markets: Mapping[str, Market]) -> str:
         select(s.policy_versions.c.policy_version).where(s.policy_versions.c.policy_version == version)
     ).first()
     if exists is None:
-        conn.execute(
-            insert(s.policy_versions).values(
-                policy_version=version, gate_version=GATE_VERSION, rules=rules, first_used_at=utcnow()
-            )
+        insert_ignore(
+            conn,
+            s.policy_versions,
+            {
+                "policy_version": version,
+                "gate_version": GATE_VERSION,
+                "rules": rules,
+                "first_used_at": utcnow(),
+            },
         )
     return version
 

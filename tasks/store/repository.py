@@ -54,6 +54,19 @@ def audit(
     )
 
 
+def insert_ignore(conn: Connection, table: Any, values: dict[str, Any]) -> bool:
+    """Insert one row unless its key exists (safe when two processes race); return whether it was new."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        result = conn.execute(pg_insert(table).values(**values).on_conflict_do_nothing())
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        result = conn.execute(sqlite_insert(table).values(**values).on_conflict_do_nothing())
+    return bool(result.rowcount)
+
+
 def known_keys(conn: Connection, entity: Entity) -> pd.Index:
     """Return the keys of `entity` already in the store."""
     table = ENTITY_TABLES[entity]

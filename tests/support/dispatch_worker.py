@@ -1,0 +1,63 @@
+"""A dispatch process for crash and concurrency tests: live senders aimed at the loopback fakes.
+
+python -m tests.support.dispatch_worker --db URL --twilio URL --sendgrid URL --webhooks URL --cycle 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from config.settings import SendMode, Settings
+from tasks.dispatch import dispatch_cycle
+from tasks.runtime import Runtime
+from tests.support.live import SERVICE_SID
+from tests.support.pipeline import HASH_KEY
+
+
+def main() -> None:
+    """Dispatch one cycle to the fakes and print the stats as JSON."""
+    parser = argparse.ArgumentParser()
+    for name in ("db", "twilio", "sendgrid", "webhooks", "sendgrid-public-key"):
+        parser.add_argument(f"--{name}", required=name != "sendgrid-public-key", default="")
+    parser.add_argument("--cycle", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--grace", type=float, default=0.0)
+    args = parser.parse_args()
+    settings = Settings(
+        database_url=args.db,
+        home=Path(tempfile.mkdtemp()),
+        send_mode=SendMode.LIVE,
+        twilio_account_sid="AC" + "0" * 32,
+        twilio_auth_token="test-token",  # type: ignore[arg-type]
+        twilio_base_url=args.twilio,
+        twilio_messaging_service_sid=SERVICE_SID,
+        webhook_public_base_url=args.webhooks,
+        sendgrid_api_key="SG.test-key",  # type: ignore[arg-type]
+        sendgrid_host=args.sendgrid,
+        sms_rate_per_second=5000.0,
+        sendgrid_rate_per_second=5000.0,
+        retry_base_delay=0.01,
+        retry_max_delay=0.05,
+    )
+    runtime = Runtime(settings)
+    senders = {c: runtime.sender(c) for c in ("email", "sms", "whatsapp")}
+    stats = dispatch_cycle(
+        runtime.engine,
+        args.cycle,
+        senders,
+        runtime.markets,
+        HASH_KEY,
+        args.batch,
+        lease_seconds=0,
+        grace_seconds=args.grace,
+        email_events=True,
+    )
+    sys.stdout.write(json.dumps(stats) + "\n")
+
+
+if __name__ == "__main__":
+    main()
