@@ -22,7 +22,9 @@ class SlidingWindowLimiter:
     """Exact sliding-window log: a start is admitted only if the last `per` seconds hold at most `rate` units.
 
     A token bucket of capacity `rate` lets up to 2 x rate start within one second (a full bucket plus the
-    refill), which carriers count as a breach of the sender's MPS; the log never does.
+    refill), which carriers count as a breach of the sender's MPS; the log never does. With `paced`,
+    starts are also spread at least `per / rate` apart: a full window released at once would reach the
+    provider as a burst that network jitter can squeeze into its own one-second window.
     """
 
     def __init__(
@@ -32,6 +34,7 @@ class SlidingWindowLimiter:
         per: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        paced: bool = True,
     ) -> None:
         if rate <= 0 or per <= 0 or max_concurrency < 1:
             raise ValueError("rate, per and max_concurrency must be positive")
@@ -44,6 +47,8 @@ class SlidingWindowLimiter:
         self._log: deque[tuple[float, int]] = deque()
         self._used = 0
         self._slots = threading.BoundedSemaphore(max_concurrency)
+        self.paced = paced
+        self._next = float("-inf")
 
     def _admit(self, units: int) -> float | None:
         """Record a start of `units` now and return its time, or return None after sleeping a bit."""
@@ -51,20 +56,27 @@ class SlidingWindowLimiter:
             now = self._clock()
             while self._log and self._log[0][0] <= now - self.per:
                 self._used -= self._log.popleft()[1]
-            if self._used + units <= self.rate:
+            if self.paced and now < self._next:
+                wait = self._next - now
+            elif self._used + units <= self.rate:
                 self._log.append((now, units))
                 self._used += units
+                self._next = now + units * self.per / self.rate
                 return now
-            # Wait until enough of the oldest starts leave the window.
-            excess = self._used + units - self.rate
-            freed = 0
-            wake = now
-            for at, n in self._log:
-                freed += n
-                wake = at + self.per
-                if freed >= excess:
-                    break
-        self._sleep(max(wake - now, 1e-4))
+            else:
+                wait = None
+            if wait is None:
+                # Wait until enough of the oldest starts leave the window.
+                excess = self._used + units - self.rate
+                freed = 0
+                wake = now
+                for at, n in self._log:
+                    freed += n
+                    wake = at + self.per
+                    if freed >= excess:
+                        break
+                wait = wake - now
+        self._sleep(max(wait, 1e-4))
         return None
 
     @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -330,3 +331,44 @@ class TestWebhooks:
         assert _messages(pipe.engine)["C8:email"]["status"] == "queued"
         pipe.render(stats["cycle_id"], AS_OF)
         assert pipe.dispatch(stats["cycle_id"], NOON)["sent"] == 1
+
+
+class RecordingLimiter:
+    """Wraps a sender's limiter and records when each call was let through, and for how many units."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.rate, self.starts = inner, inner.rate, []
+
+    @contextmanager
+    def acquire(self, units: int = 1) -> Iterator[float]:
+        with self.inner.acquire(units) as started:
+            self.starts.append((started, units))
+            yield started
+
+
+def test_the_sms_rate_ceiling_is_never_exceeded_in_any_second(engine: Engine, tmp_path: Path) -> None:
+    with live_stack(engine, tmp_path, sms_rate_per_second=20.0, twilio_concurrency=8) as live:
+        pipe = _pipe(live)
+        sms = live.runtime.sender("sms")
+        recorder = RecordingLimiter(sms.limiter)  # type: ignore[attr-defined]
+        sms.limiter = recorder  # type: ignore[attr-defined]
+        phones = {f"R{i}": f"+44794610{i:04d}" for i in range(60)}
+        customers = [
+            {"customer_key": k, "market": "GB", "locale": "en-GB", "phone": p, "email": ""}
+            for k, p in phones.items()
+        ]
+        contracts = [
+            {
+                "contract_key": f"K{k}",
+                "customer_key": k,
+                "currency": "GBP",
+                "term_end": str(AS_OF + timedelta(days=14)),
+            }
+            for k in phones
+        ]
+        pipe.load(raw_set(customers=customers, contracts=contracts))
+        stats = pipe.cycle(AS_OF, now=NOON)
+    starts = sorted(recorder.starts)
+    assert len(starts) == stats["dispatch"]["sent"] >= 40
+    busiest = max(sum(u for t, u in starts if first <= t < first + 1.0) for first, _ in starts)
+    assert busiest <= 20, f"{busiest} SMS segments started within one second against a ceiling of 20"
