@@ -1,0 +1,204 @@
+"""Benchmark dispatch through the real Twilio SDK to a loopback fake, next to the raw SDK rate; figures only.
+
+    .venv/bin/python benchmarks/dispatch.py --messages 10000 --concurrency 8
+    .venv/bin/python benchmarks/dispatch.py --messages 100000 --concurrency 8 --rate 2000
+
+The fake runs in its own process (so it does not compete with the sender for the GIL). In the same
+run the script measures (1) our dispatch of N rendered SMS from PostgreSQL — claim, consent re-check,
+send with retries and the rate limiter, settle — and (2) the raw SDK: N `messages.create` calls from a
+thread pool of the same size, no ledger. It also reports the highest number of messages the fake saw
+start in any one-second window, against the configured ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def run_fake(port: int, control: Connection) -> None:
+    """Serve a fake Twilio until told to stop, then send back the start time of every message."""
+    from tests.fakes.twilio_fake import FakeTwilio
+
+    with FakeTwilio(port=port) as fake:
+        control.send("ready")
+        control.recv()
+        control.send([m.date_created.timestamp() for m in fake.messages])
+        control.recv()
+        control.send([m.date_created.timestamp() for m in fake.messages])
+
+
+def busiest_second(starts: list[float]) -> int:
+    """Return the most starts in any one-second window."""
+    starts = sorted(starts)
+    best, lo = 0, 0
+    for hi, t in enumerate(starts):
+        while starts[lo] <= t - 1.0:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def seed(url: str, n: int) -> None:
+    """Store n GB customers and one rendered SMS each in cycle 1."""
+    import pandas as pd
+
+    from tasks.store import schema as s
+    from tasks.store.bulk import insert_frame
+    from tasks.store.engine import make_engine
+    from tasks.store.migrate import upgrade
+
+    engine = make_engine(url)
+    upgrade(engine)
+    now = datetime.now(UTC)
+    keys = [f"C{i:07d}" for i in range(n)]
+    customers = pd.DataFrame(
+        {
+            "customer_key": keys,
+            "market": "GB",
+            "locale": "en-GB",
+            "timezone": "Europe/London",
+            "phone_e164": [f"+4477009{i:05d}" for i in range(n)],
+            "row_hash": "bench",
+            "loaded_at": now,
+        }
+    )
+    messages = pd.DataFrame(
+        {
+            "message_key": [f"bench:K{i:07d}:20261222:T-14:sms" for i in range(n)],
+            "cycle_id": 1,
+            "playbook": "bench",
+            "contract_key": [f"K{i:07d}" for i in range(n)],
+            "customer_key": keys,
+            "market": "GB",
+            "step": "T-14",
+            "channel": "sms",
+            "rank": 0,
+            "send_rule": "first",
+            "template": "renewal_reminder",
+            "purpose": "service",
+            "anchor_date": date(2026, 12, 22),
+            "status": "rendered",
+            "body": [
+                f"Bench Bank: your loan K{i:07d} ends in 14 days. Renew at https://example.invalid/r/{i}"
+                for i in range(n)
+            ],
+            "segments": 1,
+            "attempts": 0,
+            "planned_at": now,
+            "updated_at": now,
+        }
+    )
+    with engine.begin() as conn:
+        insert_frame(conn, s.customers, customers)
+        insert_frame(conn, s.messages, messages)
+    engine.dispose()
+
+
+def raw_sdk(base_url: str, n: int, concurrency: int) -> float:
+    """Send n messages with the bare SDK from a thread pool; return messages per second."""
+    import threading
+
+    from twilio.rest import Client
+
+    from tasks.channels.twilio_sms import RebasedHttpClient
+
+    local = threading.local()
+
+    def client() -> Client:
+        if not hasattr(local, "client"):
+            local.client = Client(
+                "AC" + "0" * 32, "test-token", http_client=RebasedHttpClient(base_url, 10.0, 2)
+            )
+        return local.client
+
+    def one(i: int) -> None:
+        client().messages.create(
+            to=f"+4477008{i:05d}",
+            messaging_service_sid="MG" + "a" * 32,
+            body=f"raw {i} https://example.invalid/r/{i}",
+        )
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(n)))
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=5000.0, help="configured SMS ceiling (segments/s)")
+    parser.add_argument("--batch", type=int, default=1000)
+    args = parser.parse_args()
+
+    from config.settings import SendMode, Settings
+    from tasks.dispatch import dispatch_cycle
+    from tasks.runtime import Runtime
+    from tests.support.live import SERVICE_SID, free_port
+    from tests.support.postgres import postgres_server, scratch_database
+
+    port = free_port()
+    parent, child = mp.Pipe()
+    fake = mp.Process(target=run_fake, args=(port, child), daemon=True)
+    fake.start()
+    assert parent.recv() == "ready"
+    base = f"http://127.0.0.1:{port}"
+    with postgres_server() as admin, scratch_database(admin) as url:
+        seed(url, args.messages)
+        settings = Settings(
+            database_url=url,
+            home=Path(tempfile.mkdtemp()),
+            send_mode=SendMode.LIVE,
+            twilio_account_sid="AC" + "0" * 32,
+            twilio_auth_token="test-token",  # type: ignore[arg-type]
+            twilio_base_url=base,
+            twilio_messaging_service_sid=SERVICE_SID,
+            twilio_concurrency=args.concurrency,
+            sms_rate_per_second=args.rate,
+            sendgrid_api_key="SG.unused",  # type: ignore[arg-type]
+        )
+        runtime = Runtime(settings)
+        senders = {c: runtime.sender(c) for c in ("sms", "email", "whatsapp")}
+        start = time.perf_counter()
+        stats = dispatch_cycle(runtime.engine, 1, senders, runtime.markets, b"bench", args.batch)
+        ours = args.messages / (time.perf_counter() - start)
+        parent.send("snapshot")
+        our_starts = parent.recv()
+        runtime.close()
+    raw = raw_sdk(base, args.messages, args.concurrency)
+    parent.send("stop")
+    parent.recv()
+    fake.join(timeout=10)
+
+    print(
+        f"\nDispatch benchmark: {args.messages:,} SMS, concurrency {args.concurrency}, "
+        f"ceiling {args.rate:,.0f}/s"
+    )
+    print(
+        f"renewals dispatch (ledger, consent re-check, limiter, retries): {ours:,.0f} msg/s, "
+        f"sent {stats['sent']:,}"
+    )
+    print(f"raw twilio SDK, same concurrency, no ledger:                  {raw:,.0f} msg/s")
+    print(f"ratio dispatch / raw SDK: {ours / raw:.2f}")
+    print(
+        f"highest rate the fake saw in any one-second window: {busiest_second(our_starts):,} "
+        f"(ceiling {args.rate:,.0f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
