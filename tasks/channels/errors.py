@@ -292,3 +292,21 @@ def classify_sendgrid(exc: BaseException, statuses: Mapping[int, Rule] = SENDGRI
     if network is not None:
         return network
     return replace(_classified(UNKNOWN_ERROR, "UNEXPECTED"), detail=f"unexpected {type(exc).__name__}")
+
+
+def classification_markdown() -> str:
+    """Return the classification tables as Markdown for docs/channels.md (generated; a test keeps it in step)."""
+    out = []
+    for title, table in (
+        ("Twilio error codes", TWILIO_CODES),
+        ("Twilio HTTP statuses (when the body carries no code)", TWILIO_STATUSES),
+        ("SendGrid HTTP statuses", SENDGRID_STATUSES),
+    ):
+        out.append(
+            f"#### {title}\n\n| code | class | meaning | falls back | opt-out | stops the batch |\n|---|---|---|---|---|---|\n"
+        )
+        for code, rule in sorted(table.items()):
+            flags = ["yes" if f else "" for f in (rule.fallback, rule.opt_out, rule.halt)]
+            out.append(f"| {code} | {rule.error_class.value} | {rule.detail} | {' | '.join(flags)} |\n")
+        out.append("\n")
+    return "".join(out).rstrip() + "\n"

@@ -17,5 +17,22 @@ def regenerate_data_contract() -> None:
     path.write_text(head + BEGIN + contract_tables_markdown() + END + tail)
 
 
+def regenerate_channels() -> None:
+    """Rewrite the classification tables of docs/channels.md from the table in code."""
+    from tasks.channels.errors import classification_markdown
+
+    path = ROOT / "docs/channels.md"
+    head, rest = path.read_text().split("<!-- classification:begin -->\n", 1)
+    _, tail = rest.split("<!-- classification:end -->", 1)
+    path.write_text(
+        head
+        + "<!-- classification:begin -->\n"
+        + classification_markdown()
+        + "<!-- classification:end -->"
+        + tail
+    )
+
+
 if __name__ == "__main__":
     regenerate_data_contract()
+    regenerate_channels()

@@ -17,3 +17,11 @@ def test_data_contract_doc_explains_every_quarantine_reason() -> None:
     doc = (ROOT / "docs/data-contract.md").read_text()
     missing = [r.value for r in Reason if f"`{r.value}`" not in doc]
     assert not missing
+
+
+def test_channels_doc_shows_the_classification_table_in_code() -> None:
+    from tasks.channels.errors import classification_markdown
+
+    doc = (ROOT / "docs/channels.md").read_text()
+    section = doc.split("<!-- classification:begin -->\n", 1)[1].split("<!-- classification:end -->", 1)[0]
+    assert section == classification_markdown()
