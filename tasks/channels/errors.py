@@ -295,16 +295,15 @@ def classify_sendgrid(exc: BaseException, statuses: Mapping[int, Rule] = SENDGRI
 
 
 def classification_markdown() -> str:
-    """Return the classification tables as Markdown for docs/channels.md (generated; a test keeps it in step)."""
+    """Return the classification tables as Markdown for docs/channels.md (a test keeps them in step)."""
     out = []
     for title, table in (
         ("Twilio error codes", TWILIO_CODES),
         ("Twilio HTTP statuses (when the body carries no code)", TWILIO_STATUSES),
         ("SendGrid HTTP statuses", SENDGRID_STATUSES),
     ):
-        out.append(
-            f"#### {title}\n\n| code | class | meaning | falls back | opt-out | stops the batch |\n|---|---|---|---|---|---|\n"
-        )
+        header = "| code | class | meaning | falls back | opt-out | stops the batch |\n" + "|---" * 6 + "|\n"
+        out.append(f"#### {title}\n\n{header}")
         for code, rule in sorted(table.items()):
             flags = ["yes" if f else "" for f in (rule.fallback, rule.opt_out, rule.halt)]
             out.append(f"| {code} | {rule.error_class.value} | {rule.detail} | {' | '.join(flags)} |\n")
