@@ -12,7 +12,7 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from tasks.domain.markets import Market
-from tasks.domain.playbook import Playbook
+from tasks.domain.playbook import CycleConfig, Playbook
 from tasks.domain.rules import RetentionPolicy
 from tasks.domain.segmentation import SegmentationConfig
 
@@ -150,3 +150,13 @@ def load_segmentation(config_dir: Path) -> SegmentationConfig:
 def load_retention(config_dir: Path) -> RetentionPolicy:
     """Return the retention periods per data category."""
     return load_yaml_model(config_dir / "retention.yaml", RetentionPolicy)
+
+
+def load_cycle(config_dir: Path) -> CycleConfig:
+    """Return the default playbooks of a cycle, in priority order, each checked to exist."""
+    path = config_dir / "cycle.yaml"
+    cycle = load_yaml_model(path, CycleConfig)
+    missing = [p for p in cycle.playbooks if not (config_dir / "playbooks" / f"{p}.yaml").exists()]
+    if missing:
+        raise ConfigError(path, [f"no playbook file for {', '.join(missing)}"])
+    return cycle

@@ -102,7 +102,12 @@ def run_renewal_cycle(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Plan, gate and render, but send nothing.")
     ] = False,
-    playbook: Annotated[str, typer.Option(help="Playbook id in config/playbooks.")] = "renewal-standard",
+    playbook: Annotated[
+        str,
+        typer.Option(
+            help='A playbook id in config/playbooks, or "all" (config/cycle.yaml, in priority order).'
+        ),
+    ] = "all",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")
     ] = False,
@@ -298,7 +303,7 @@ def demo(
         err.print(f"demo portfolio for {day} already in {data_dir}")
     upgrade(get_runtime().engine)
     try:
-        summary = _run_cycle(day, None, False, "renewal-standard")
+        summary = _run_cycle(day, None, False, "all")
     except Exception as exc:
         err.print(f"[bold red]Stopped before sending:[/] {exc}")
         raise typer.Exit(code=1) from exc

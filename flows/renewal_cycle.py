@@ -24,7 +24,7 @@ from tasks.runtime import get_runtime
 from tasks.segment import segment
 from tasks.validate import validate, validation_stats
 
-DEFAULT_PLAYBOOK = "renewal-standard"
+ALL_PLAYBOOKS = "all"
 
 
 def resolve_markets(markets: list[str] | None) -> list[str]:
@@ -49,11 +49,16 @@ def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
         seconds[stage] = round(time.perf_counter() - start, 3)
 
 
+def resolve_playbooks(playbook: str) -> list[str]:
+    """Return the playbooks to run: the one named, or all of config/cycle.yaml in priority order."""
+    return list(get_runtime().cycle.playbooks) if playbook == ALL_PLAYBOOKS else [playbook]
+
+
 def _run_name() -> str:
     params = flow_run.parameters
     markets = ",".join(params.get("markets") or ["all"])
     day = params.get("as_of") or "today"
-    return f"renewal-cycle {markets} {day} {params.get('playbook', DEFAULT_PLAYBOOK)}"
+    return f"renewal-cycle {markets} {day} {params.get('playbook', ALL_PLAYBOOKS)}"
 
 
 @flow(name="renewal-cycle", flow_run_name=_run_name, retries=0)
@@ -61,13 +66,17 @@ def renewal_cycle(
     as_of: date | None = None,
     markets: list[str] | None = None,
     dry_run: bool = False,
-    playbook: str = DEFAULT_PLAYBOOK,
+    playbook: str = ALL_PLAYBOOKS,
 ) -> dict[str, Any]:
-    """Run one renewal cycle for `as_of` (default: today in the market's zone) and return its summary."""
+    """Run one cycle for `as_of` (default: today in the market's zone) and return its summary.
+
+    `playbook` is one playbook id, or "all" for every playbook of config/cycle.yaml in priority order.
+    """
     protect_run({"as_of": as_of, "markets": markets, "dry_run": dry_run, "playbook": playbook})
     codes = resolve_markets(markets)
     day = as_of or local_today(codes)
-    cycle_id = open_cycle(day, codes, playbook, dry_run)
+    books = resolve_playbooks(playbook)
+    cycle_id = open_cycle(day, codes, books, dry_run)
     stages: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     base: dict[str, Any] = {
@@ -91,9 +100,9 @@ def renewal_cycle(
         with timed(seconds, "segment"):
             stages["segment"] = segment(cycle_id, day, codes)
         with timed(seconds, "plan"):
-            stages["plan"] = plan(cycle_id, playbook, day, codes, dry_run)
+            stages["plan"] = plan(cycle_id, books, day, codes, dry_run)
         with timed(seconds, "consent-gate"):
-            stages["consent-gate"] = gate(cycle_id, codes, playbook)
+            stages["consent-gate"] = gate(cycle_id, codes)
         with timed(seconds, "render"):
             stages["render"] = render(cycle_id, day)
         with timed(seconds, "dispatch"):

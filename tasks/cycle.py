@@ -18,14 +18,15 @@ from tasks.store.repository import audit, count_by, create_cycle, finish_cycle
 
 
 @task(name="open-cycle", **STEP)
-def open_cycle(as_of: date, markets: list[str], playbook_id: str, dry_run: bool) -> int:
-    """Validate the playbook and open the cycle row; a bad playbook stops the run here."""
+def open_cycle(as_of: date, markets: list[str], playbook_ids: list[str], dry_run: bool) -> int:
+    """Validate the playbooks and open the cycle row; a bad playbook or template stops the run here."""
     rt = get_runtime()
-    book = rt.playbook(playbook_id)
+    books = [rt.playbook(pid) for pid in playbook_ids]
     unknown = sorted(set(markets) - set(rt.markets))
     if unknown:
         raise ValueError(f"unknown market(s) {unknown}; configured: {sorted(rt.markets)}")
-    check_whatsapp_steps(book, [rt.markets[m] for m in markets], rt.whatsapp_registry)
+    for book in books:
+        check_whatsapp_steps(book, [rt.markets[m] for m in markets], rt.whatsapp_registry)
     ctx = get_run_context()
     flow_run = getattr(ctx, "task_run", None)
     run_id = str(flow_run.flow_run_id) if flow_run is not None else None
@@ -34,8 +35,8 @@ def open_cycle(as_of: date, markets: list[str], playbook_id: str, dry_run: bool)
             conn,
             as_of=as_of,
             markets=markets,
-            playbook=book.id,
-            playbook_version=book.version,
+            playbook=",".join(b.id for b in books),
+            playbook_version=books[0].version if len(books) == 1 else 0,
             dry_run=dry_run,
             flow_run_id=run_id,
         )

@@ -1,8 +1,14 @@
-"""Plan: the playbook steps due today, the holdout control group and the candidate messages."""
+"""Plan: the playbook steps due today, the holdout control groups and the candidate messages.
+
+A cycle plans several playbooks in priority order (config/cycle.yaml). When steps of two playbooks
+fall due for one customer on one day, only the higher-priority one is planned (dunning before renewal
+before win-back); the other stays due for its catch-up days.
+"""
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Sequence
+from datetime import date, timedelta
 from typing import Any
 
 import pandas as pd
@@ -10,14 +16,34 @@ from prefect import get_run_logger, task
 from sqlalchemy import Connection, select
 
 from tasks._prefect import STEP
-from tasks.domain.planning import candidate_messages, due_steps, split_holdout
-from tasks.domain.playbook import Playbook
+from tasks.domain.planning import (
+    activity_targets,
+    candidate_messages,
+    coordinate,
+    due_steps,
+    renewal_targets,
+    repayment_targets,
+    split_holdout,
+)
+from tasks.domain.playbook import Playbook, PlaybookKind
+from tasks.domain.summary import counts
 from tasks.runtime import get_runtime
 from tasks.store import schema as s
 from tasks.store.bulk import read_frame, update_frame
-from tasks.store.repository import insert_holdouts, insert_messages, read_segments, utcnow
+from tasks.store.repository import (
+    audit,
+    customers_contacted_on,
+    insert_holdouts,
+    insert_messages,
+    last_activity,
+    read_lapsed_contracts,
+    read_segments,
+    read_unpaid_instalments,
+    utcnow,
+)
 
 OPEN_STATUSES = ("planned", "queued", "rendered")
+WAITING_STATUSES = (*OPEN_STATUSES, "deferred", "standby")
 DRY_PREFIX = "dry"
 
 
@@ -37,19 +63,84 @@ def _existing(conn: Connection, keys: pd.Series) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def plan_cycle(
-    conn: Connection, cycle_id: int, playbook: Playbook, as_of: date, markets: list[str], dry_run: bool
+class Targets:
+    """Reads what each kind of playbook works on, once per cycle."""
+
+    def __init__(self, conn: Connection, cycle_id: int, as_of: date, markets: list[str]) -> None:
+        self.conn, self.cycle_id, self.as_of, self.markets = conn, cycle_id, as_of, markets
+        self.segments = read_segments(conn, cycle_id)
+        self._cache: dict[PlaybookKind, pd.DataFrame] = {}
+
+    def for_playbook(self, book: Playbook) -> pd.DataFrame:
+        """Return the targets of a playbook's kind."""
+        if book.kind not in self._cache:
+            self._cache[book.kind] = self._read(book)
+        return self._cache[book.kind]
+
+    def _read(self, book: Playbook) -> pd.DataFrame:
+        reach = max(abs(step.offset_days) for step in book.steps) + book.catch_up_days + 1
+        since = self.as_of - timedelta(days=reach)
+        if book.kind is PlaybookKind.RENEWAL:
+            return renewal_targets(self.segments)
+        if book.kind is PlaybookKind.REPAYMENT:
+            return repayment_targets(read_unpaid_instalments(self.conn, self.cycle_id, since), self.segments)
+        if book.kind is PlaybookKind.WINBACK:
+            return renewal_targets(read_lapsed_contracts(self.conn, self.markets, since))
+        return activity_targets(
+            self.segments, last_activity(self.conn, self.segments["customer_key"].tolist())
+        )
+
+
+def cancel_paid(conn: Connection, playbooks: Sequence[Playbook], markets: list[str]) -> int:
+    """Cancel unsent ladder steps of instalments that are now paid (the billing sync just loaded them)."""
+    ladders = [b.id for b in playbooks if b.kind is PlaybookKind.REPAYMENT]
+    if not ladders:
+        return 0
+    m, inst = s.messages, s.instalments
+    waiting = read_frame(
+        conn,
+        select(m.c.message_key, m.c.playbook).where(
+            m.c.playbook.in_(ladders), m.c.status.in_(WAITING_STATUSES), m.c.market.in_(markets)
+        ),
+    )
+    if waiting.empty:
+        return 0
+    waiting["instalment_key"] = waiting["message_key"].str.split(":").str[1]
+    paid = read_frame(
+        conn,
+        select(inst.c.instalment_key).where(
+            inst.c.instalment_key.in_(waiting["instalment_key"].unique().tolist()),
+            inst.c.paid_date.is_not(None),
+        ),
+    )
+    cancel = waiting.loc[waiting["instalment_key"].isin(paid["instalment_key"]), ["message_key"]]
+    done = update_frame(
+        conn, s.messages, cancel.assign(status="cancelled", updated_at=utcnow()), ["message_key"]
+    )
+    if done:
+        audit(conn, "ladder.cancelled_on_payment", details={"messages": done})
+    return done
+
+
+def plan_playbook(
+    conn: Connection,
+    cycle_id: int,
+    book: Playbook,
+    targets: pd.DataFrame,
+    as_of: date,
+    markets: list[str],
+    dry_run: bool,
+    busy: set[str],
 ) -> dict[str, Any]:
-    """Store today's new candidate messages, adopt unfinished ones from earlier runs, expire stale ones."""
+    """Plan one playbook: new candidates stored, unfinished ones adopted, stale ones expired."""
     now = utcnow()
-    segments = read_segments(conn, cycle_id)
-    due = due_steps(segments, playbook, as_of)
-    treated, control = split_holdout(due, playbook)
-    insert_holdouts(conn, cycle_id, control, playbook.id)
-    candidates = candidate_messages(treated, playbook)
+    due = due_steps(targets, book, as_of)
+    due, superseded = coordinate(due, busy)
+    treated, control = split_holdout(due, book)
+    insert_holdouts(conn, cycle_id, control, book.id)
+    candidates = candidate_messages(treated, book)
     if dry_run:
         candidates["message_key"] = f"{DRY_PREFIX}:{cycle_id}:" + candidates["message_key"]
-
     existing = _existing(conn, candidates["message_key"])
     known = candidates["message_key"].isin(existing["message_key"])
     fresh = candidates.loc[~known].assign(
@@ -64,18 +155,66 @@ def plan_cycle(
         ["message_key"],
     )
     expired = (
-        0 if dry_run else _expire_stale(conn, playbook.id, markets, cycle_id, set(candidates["message_key"]))
+        0 if dry_run else _expire_stale(conn, book.id, markets, cycle_id, set(candidates["message_key"]))
     )
+    # Only a message that goes out today makes the customer busy, not one already handled on an earlier day.
+    going = set(fresh["message_key"]) | set(unfinished["message_key"])
+    busy.update(candidates.loc[candidates["message_key"].isin(going), "customer_key"])
     return {
         "due_steps": len(due),
-        "by_step": {str(k): int(v) for k, v in due["step"].value_counts().sort_index().items()},
+        "by_step": counts(due["step"]),
         "held_out": len(control),
+        "superseded_same_day": len(superseded),
         "candidates": len(candidates),
         "new": inserted,
         "adopted_unfinished": adopted,
         "already_handled": int(known.sum()) - len(unfinished),
         "expired_stale": expired,
     }
+
+
+def plan_cycle(
+    conn: Connection,
+    cycle_id: int,
+    playbooks: Sequence[Playbook] | Playbook,
+    as_of: date,
+    markets: list[str],
+    dry_run: bool,
+) -> dict[str, Any]:
+    """Plan every playbook of the cycle in priority order; return per-playbook and total counts."""
+    books = [playbooks] if isinstance(playbooks, Playbook) else list(playbooks)
+    cancelled = 0 if dry_run else cancel_paid(conn, books, markets)
+    targets = Targets(conn, cycle_id, as_of, markets)
+    earlier = customers_contacted_on(conn, as_of, markets)
+    per_book: dict[str, dict[str, Any]] = {}
+    busy_by_higher: set[str] = set()
+    for book in books:
+        # Customers an earlier run today already contacted through a higher-priority playbook count too.
+        higher = {b.id for b in books[: books.index(book)]}
+        busy = busy_by_higher | set(earlier.loc[earlier["playbook"].isin(higher), "customer_key"])
+        per_book[book.id] = plan_playbook(
+            conn, cycle_id, book, targets.for_playbook(book), as_of, markets, dry_run, busy
+        )
+        busy_by_higher = busy
+    totals: dict[str, Any] = {
+        key: sum(stats[key] for stats in per_book.values())
+        for key in (
+            "due_steps",
+            "held_out",
+            "superseded_same_day",
+            "candidates",
+            "new",
+            "adopted_unfinished",
+            "already_handled",
+            "expired_stale",
+        )
+    }
+    totals["by_step"] = {
+        f"{pid}:{step}": n for pid, st in per_book.items() for step, n in st["by_step"].items()
+    }
+    totals["cancelled_paid"] = cancelled
+    totals["by_playbook"] = per_book
+    return totals
 
 
 def _expire_stale(
@@ -100,18 +239,22 @@ def _expire_stale(
 
 
 @task(name="plan", **STEP)
-def plan(cycle_id: int, playbook_id: str, as_of: date, markets: list[str], dry_run: bool) -> dict[str, Any]:
-    """Plan the cycle's messages from the playbook."""
+def plan(
+    cycle_id: int, playbook_ids: list[str], as_of: date, markets: list[str], dry_run: bool
+) -> dict[str, Any]:
+    """Plan the cycle's messages from its playbooks, in priority order."""
     rt = get_runtime()
-    book = rt.playbook(playbook_id)
+    books = [rt.playbook(pid) for pid in playbook_ids]
     with rt.engine.begin() as conn:
-        stats = plan_cycle(conn, cycle_id, book, as_of, markets, dry_run)
+        stats = plan_cycle(conn, cycle_id, books, as_of, markets, dry_run)
     get_run_logger().info(
-        "planned: %s due, %s held out, %s new, %s adopted, %s already handled",
+        "planned: %s due, %s held out, %s superseded, %s new, %s adopted, %s already handled, %s cancelled",
         stats["due_steps"],
         stats["held_out"],
+        stats["superseded_same_day"],
         stats["new"],
         stats["adopted_unfinished"],
         stats["already_handled"],
+        stats["cancelled_paid"],
     )
     return stats

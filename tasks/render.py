@@ -27,9 +27,9 @@ from tasks.channels.rendering import (
 from tasks.channels.whatsapp_registry import WhatsAppRegistry
 from tasks.domain.consent import required_label
 from tasks.domain.markets import Market
-from tasks.domain.playbook import Playbook
+from tasks.domain.playbook import Playbook, PlaybookKind
 from tasks.runtime import get_runtime
-from tasks.store.repository import read_render_context, set_status, utcnow
+from tasks.store.repository import read_instalment_amounts, read_render_context, set_status, utcnow
 
 
 @lru_cache(maxsize=100_000)
@@ -64,13 +64,20 @@ def message_context(
     link_base: str,
     unsubscribe_base: str,
 ) -> dict[str, Any]:
-    """Return the template context of one message."""
+    """Return the template context of one message (instalment fields filled for repayment messages)."""
     locale = row["locale"]
     term_end = pd.Timestamp(row["term_end"]).date()
+    anchor = pd.Timestamp(row["anchor_date"]).date()
     step = playbook.step(step_id)
     offer = step.offer
     token = link_token(link_secret, row["message_key"])
     days = (term_end - as_of).days
+    base = link_base.rstrip("/")
+    dunning = playbook.kind is PlaybookKind.REPAYMENT
+    amount = row.get("amount")
+    if dunning and (amount is None or pd.isna(amount)):
+        # A payment reminder without the amount is worse than none: fail the render, keep it unsent.
+        raise ValueError(f"no instalment found for {row['message_key']}")
     return {
         "first_name": row["first_name"] or "",
         "last_name": row["last_name"] or "",
@@ -81,11 +88,18 @@ def message_context(
         "days_left": max(days, 0),
         "days_overdue": max(-days, 0),
         "price": _money(float(row["price"]), row["currency"], locale),
-        "renew_url": f"{link_base.rstrip('/')}/{token}",
+        "renew_url": f"{base}/{token}",
         "unsubscribe_url": f"{unsubscribe_base.rstrip('/')}/{token}",
         "is_marketing": is_marketing(row),
         "offer_discount": _share(offer.discount, locale) if offer else "",
-        "offer_deadline": _day(term_end - timedelta(days=offer.deadline_days), locale) if offer else "",
+        "offer_deadline": _day(anchor - timedelta(days=offer.deadline_days), locale) if offer else "",
+        "amount_due": _money(float(amount), row["instalment_currency"], locale)
+        if dunning and amount is not None
+        else "",
+        "due_date": _day(anchor, locale) if dunning else "",
+        "days_past_due": max((as_of - anchor).days, 0) if dunning else 0,
+        "days_to_due": max((anchor - as_of).days, 0) if dunning else 0,
+        "pay_url": f"{base.rsplit('/', 1)[0]}/pay/{token}",
     }
 
 
@@ -106,6 +120,11 @@ CONTEXT_KEYS = frozenset(
         "is_marketing",
         "offer_discount",
         "offer_deadline",
+        "amount_due",
+        "due_date",
+        "days_past_due",
+        "days_to_due",
+        "pay_url",
     }
 )
 
@@ -146,6 +165,17 @@ def whatsapp_variables(
     return {name: str(ctx[name]) for name in names}
 
 
+def with_instalments(conn: Connection, rows: pd.DataFrame) -> pd.DataFrame:
+    """Add the instalment amount and currency to repayment messages (their key names the instalment)."""
+    target = rows["message_key"].str.split(":").str[-4]
+    found = read_instalment_amounts(conn, target.unique().tolist())
+    amounts = found.set_index("instalment_key")
+    return rows.assign(
+        amount=target.map(amounts["amount"]).astype("object"),
+        instalment_currency=target.map(amounts["currency"]),
+    )
+
+
 def is_marketing(row: dict[str, Any]) -> bool:
     """Return whether the message's content is marketing: its purpose, or a kept reward offer block."""
     return row["purpose"] == "marketing" or (bool(row["has_offer"]) and not bool(row["offer_removed"]))
@@ -166,7 +196,7 @@ def render_cycle(
     unsubscribe_base: str,
 ) -> dict[str, Any]:
     """Render every queued message of the cycle and store the result; failures are kept, not sent."""
-    rows = read_render_context(conn, cycle_id)
+    rows = with_instalments(conn, read_render_context(conn, cycle_id))
     out: list[dict[str, Any]] = []
     now = utcnow()
     fallback, failures = 0, 0

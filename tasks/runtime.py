@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from config.loader import load_markets, load_playbook, load_retention, load_segmentation
+from config.loader import load_cycle, load_markets, load_playbook, load_retention, load_segmentation
 from config.settings import SendMode, Settings, get_settings
 from tasks.channels.base import Sender
 from tasks.channels.outbox import OutboxSender
@@ -23,7 +23,7 @@ from tasks.channels.twilio_whatsapp import TwilioWhatsAppSender
 from tasks.channels.whatsapp_registry import WhatsAppRegistry, load_whatsapp_registry
 from tasks.domain.frames import records
 from tasks.domain.markets import Market
-from tasks.domain.playbook import Playbook
+from tasks.domain.playbook import CycleConfig, Playbook
 from tasks.domain.rules import RetentionPolicy
 from tasks.domain.segmentation import SegmentationConfig
 from tasks.store.engine import make_engine
@@ -52,6 +52,11 @@ class Runtime:
     def segmentation(self) -> SegmentationConfig:
         """Return the segmentation thresholds and scorecard."""
         return load_segmentation(self.settings.config_dir)
+
+    @cached_property
+    def cycle(self) -> CycleConfig:
+        """Return the default playbooks of a cycle, in priority order."""
+        return load_cycle(self.settings.config_dir)
 
     @cached_property
     def retention(self) -> RetentionPolicy:

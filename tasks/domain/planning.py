@@ -25,44 +25,104 @@ def in_holdout(keys: pd.Series, salt: str, share: float) -> pd.Series:
     return pd.Series(buckets < share, index=keys.index)
 
 
-def message_key(playbook_id: str, contract_key: str, anchor: date, step_id: str, channel: str) -> str:
-    """Return the idempotency key of one message: one per contract, period, step and channel."""
-    return f"{playbook_id}:{contract_key}:{anchor:%Y%m%d}:{step_id}:{channel}"
+def message_key(playbook_id: str, target_key: str, anchor: date, step_id: str, channel: str) -> str:
+    """Return the idempotency key of a message: one per target, period, step and channel."""
+    return f"{playbook_id}:{target_key}:{anchor:%Y%m%d}:{step_id}:{channel}"
 
 
-def due_steps(segments: pd.DataFrame, playbook: Playbook, as_of: date) -> pd.DataFrame:
-    """Return the one step due today per eligible contract, with its anchor date.
+TARGET_COLUMNS = (
+    "target_key",
+    "contract_key",
+    "customer_key",
+    "market",
+    "product",
+    "status",
+    "anchor_date",
+    "auto_renew",
+    "risk_band",
+    "segment",
+    "profiling_objection",
+)
+
+
+def renewal_targets(segments: pd.DataFrame) -> pd.DataFrame:
+    """Return renewal targets: each segmented contract, anchored on its term end."""
+    out = segments.assign(target_key=segments["contract_key"], anchor_date=segments["term_end"])
+    return _targets(out)
+
+
+def _targets(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    for column, default in (
+        ("risk_band", "low"),
+        ("segment", ""),
+        ("profiling_objection", False),
+        ("auto_renew", False),
+    ):
+        if column not in out:
+            out[column] = default
+    return out[list(TARGET_COLUMNS)].reset_index(drop=True)
+
+
+def repayment_targets(instalments: pd.DataFrame, segments: pd.DataFrame) -> pd.DataFrame:
+    """Return repayment targets: each unpaid instalment of a segmented contract, anchored on its due date."""
+    unpaid = instalments.loc[instalments["paid_date"].isna(), ["instalment_key", "contract_key", "due_date"]]
+    out = unpaid.merge(segments.drop(columns=["term_end"], errors="ignore"), on="contract_key", how="inner")
+    return _targets(out.rename(columns={"instalment_key": "target_key", "due_date": "anchor_date"}))
+
+
+def activity_targets(segments: pd.DataFrame, last_active: pd.Series) -> pd.DataFrame:
+    """Return reactivation targets: contracts of inactive customers, anchored on their last activity."""
+    inactive = (
+        segments.loc[segments["inactive"].astype(bool)] if "inactive" in segments else segments.iloc[0:0]
+    )
+    anchors = inactive["customer_key"].map(last_active)
+    out = inactive.assign(target_key=inactive["contract_key"], anchor_date=anchors).dropna(
+        subset=["anchor_date"]
+    )
+    return _targets(out)
+
+
+def due_steps(targets: pd.DataFrame, playbook: Playbook, as_of: date) -> pd.DataFrame:
+    """Return the one step due today per eligible target, with its anchor date.
 
     A step is due from its offset for `catch_up_days` days, so a missed run still sends it; when
     a later step is also due, the later one wins, so customers never get a stale reminder.
     """
-    anchor = pd.to_datetime(segments["term_end"])
+    anchor = pd.to_datetime(targets["anchor_date"])
     elapsed = (pd.Timestamp(as_of) - anchor).dt.days
-    eligible = segments["product"].isin([p.value for p in playbook.products]) & segments["status"].isin(
+    eligible = targets["product"].isin([p.value for p in playbook.products]) & targets["status"].isin(
         [s.value for s in playbook.statuses]
     )
     if playbook.markets:
-        eligible &= segments["market"].isin(playbook.markets)
-    chosen = pd.Series(pd.NA, index=segments.index, dtype="object")
+        eligible &= targets["market"].isin(playbook.markets)
+    chosen = pd.Series(pd.NA, index=targets.index, dtype="object")
     for step in playbook.ordered_steps:
         hit = eligible & (elapsed >= step.offset_days) & (elapsed < step.offset_days + playbook.catch_up_days)
         if step.auto_renew is not None:
-            hit &= segments["auto_renew"].astype(bool) == step.auto_renew
+            hit &= targets["auto_renew"].astype(bool) == step.auto_renew
         if step.risk_bands:
-            hit &= segments["risk_band"].isin(step.risk_bands)
-            if (
-                step.purpose.value == "marketing" or step.offer is not None
-            ) and "profiling_objection" in segments:
+            hit &= targets["risk_band"].isin(step.risk_bands)
+            if step.purpose.value == "marketing" or step.offer is not None:
                 # EU-06: an Art. 21 objection also covers profiling for marketing, so objectors are
                 # never selected for an offer by their risk score.
-                hit &= ~segments["profiling_objection"].astype(bool)
+                hit &= ~targets["profiling_objection"].astype(bool)
         chosen = chosen.mask(hit, step.id)
     mask = chosen.notna()
-    due = segments.loc[mask, ["contract_key", "customer_key", "market", "segment", "risk_band"]].copy()
+    due = targets.loc[
+        mask, ["target_key", "contract_key", "customer_key", "market", "segment", "risk_band"]
+    ].copy()
     due["step"] = chosen[mask].astype(str)
     due["anchor_date"] = anchor[mask].dt.date
     due["days_from_anchor"] = elapsed[mask].astype("int64")
     return due.reset_index(drop=True)
+
+
+def coordinate(due: pd.DataFrame, busy_customers: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split due steps into (kept, superseded): a customer already contacted today by a higher-priority
+    playbook gets nothing more from this one today (its step stays due for its catch-up days)."""
+    clash = due["customer_key"].isin(busy_customers)
+    return due.loc[~clash].reset_index(drop=True), due.loc[clash].reset_index(drop=True)
 
 
 def split_holdout(due: pd.DataFrame, playbook: Playbook) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -97,7 +157,9 @@ def candidate_messages(treated: pd.DataFrame, playbook: Playbook) -> pd.DataFram
         if rows.empty:
             continue
         for rank, channel in enumerate(step.channels):
-            part = rows[["contract_key", "customer_key", "market", "step", "anchor_date"]].copy()
+            part = rows[
+                ["target_key", "contract_key", "customer_key", "market", "step", "anchor_date"]
+            ].copy()
             part["channel"] = channel.value
             part["rank"] = rank
             part["send_rule"] = step.send.value
@@ -112,6 +174,6 @@ def candidate_messages(treated: pd.DataFrame, playbook: Playbook) -> pd.DataFram
     out["playbook"] = playbook.id
     anchors = pd.to_datetime(out["anchor_date"]).dt.strftime("%Y%m%d")
     out["message_key"] = (
-        playbook.id + ":" + out["contract_key"] + ":" + anchors + ":" + out["step"] + ":" + out["channel"]
+        playbook.id + ":" + out["target_key"] + ":" + anchors + ":" + out["step"] + ":" + out["channel"]
     )
     return out[list(CANDIDATE_COLUMNS)]

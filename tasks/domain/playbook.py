@@ -12,9 +12,12 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9_+-]*$", re.IGNORECASE)
 
 
 class PlaybookKind(StrEnum):
-    """What a playbook's step offsets count from."""
+    """What a playbook works on, and what its step offsets count from."""
 
-    RENEWAL = "renewal"
+    RENEWAL = "renewal"  # active contracts, from the term end
+    REPAYMENT = "repayment"  # unpaid instalments, from the due date (days past due)
+    WINBACK = "winback"  # lapsed contracts, from the term end
+    REACTIVATION = "reactivation"  # contracts of inactive customers, from their last activity
 
 
 class SendRule(StrEnum):
@@ -26,7 +29,8 @@ class SendRule(StrEnum):
 
 @dataclass(frozen=True)
 class Offer:
-    """A reward offer carried by a marketing step: a discount if the customer renews by a deadline."""
+    """A reward offer: a discount if the customer acts by a deadline, `deadline_days` before the anchor date
+    (negative: after it, as for a win-back after the term ended)."""
 
     __pydantic_config__ = {"extra": "forbid"}
 
@@ -36,8 +40,6 @@ class Offer:
     def __post_init__(self) -> None:
         if not 0 < self.discount < 1:
             raise ValueError(f"discount is a fraction between 0 and 1, got {self.discount}")
-        if self.deadline_days < 0:
-            raise ValueError("deadline_days counts days before the term end and cannot be negative")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Step:
     risk_bands: tuple[str, ...] = ()
     offer: Offer | None = None
     recipient: str = "customer"
+    escalate: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -132,3 +135,18 @@ class Playbook:
     def applies_to_market(self, market: str) -> bool:
         """Return whether the playbook runs for `market` (an empty list means every market)."""
         return not self.markets or market in self.markets
+
+
+@dataclass(frozen=True)
+class CycleConfig:
+    """The playbooks a cycle runs by default, highest priority first."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # read by pydantic when validating YAML
+
+    playbooks: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.playbooks:
+            raise ValueError("name at least one playbook")
+        if len(set(self.playbooks)) != len(self.playbooks):
+            raise ValueError("a playbook is listed twice")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -267,6 +267,8 @@ def read_segments(conn: Connection, cycle_id: int) -> pd.DataFrame:
             sa_.c.product,
             sa_.c.segment,
             sa_.c.risk_band,
+            sa_.c.inactive,
+            sa_.c.profiling_objection,
             ct.c.status,
             ct.c.term_end,
             ct.c.auto_renew,
@@ -278,6 +280,82 @@ def read_segments(conn: Connection, cycle_id: int) -> pd.DataFrame:
 
 
 # --- plan and gate --------------------------------------------------------------------------------
+
+
+def read_unpaid_instalments(conn: Connection, cycle_id: int, since: date) -> pd.DataFrame:
+    """Return unpaid instalments due since `since` of the cycle's segmented contracts."""
+    inst, sa_ = s.instalments, s.segment_assignments
+    return read_frame(
+        conn,
+        select(inst.c.instalment_key, inst.c.contract_key, inst.c.due_date, inst.c.paid_date).where(
+            inst.c.paid_date.is_(None),
+            inst.c.due_date >= since,
+            inst.c.contract_key.in_(select(sa_.c.contract_key).where(sa_.c.cycle_id == cycle_id)),
+        ),
+    )
+
+
+def read_lapsed_contracts(conn: Connection, markets: Sequence[str], since: date) -> pd.DataFrame:
+    """Return contracts of the markets that lapsed (ended unrenewed) since `since`, shaped like segments."""
+    ct, cust = s.contracts, s.customers
+    return read_frame(
+        conn,
+        select(
+            ct.c.contract_key,
+            ct.c.customer_key,
+            cust.c.market,
+            ct.c.product,
+            ct.c.status,
+            ct.c.term_end,
+            ct.c.auto_renew,
+        )
+        .join(cust, cust.c.customer_key == ct.c.customer_key)
+        .where(
+            ct.c.status == "lapsed",
+            ct.c.term_end >= since,
+            cust.c.market.in_(list(markets)),
+            cust.c.erased_at.is_(None),
+        ),
+    )
+
+
+def last_activity(conn: Connection, customer_keys: Sequence[str]) -> pd.Series:
+    """Return each customer's last active day (from the monthly activity rows)."""
+    act = s.activity
+    keys = list(dict.fromkeys(customer_keys))
+    frames = [
+        read_frame(
+            conn,
+            select(act.c.customer_key, func.max(act.c.last_active).label("last_active"))
+            .where(act.c.customer_key.in_(keys[i : i + 20000]))
+            .group_by(act.c.customer_key),
+        )
+        for i in range(0, len(keys), 20000)
+    ]
+    frame = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame({"customer_key": [], "last_active": []})
+    )
+    return frame.set_index("customer_key")["last_active"]
+
+
+def customers_contacted_on(conn: Connection, day: date, markets: Sequence[str]) -> pd.DataFrame:
+    """Return (customer, playbook) pairs with a message planned on `day` that is not blocked or dropped."""
+    m = s.messages
+    start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+    return read_frame(
+        conn,
+        select(m.c.customer_key, m.c.playbook)
+        .where(
+            m.c.planned_at >= start,
+            m.c.planned_at < start + timedelta(days=1),
+            m.c.market.in_(list(markets)),
+            m.c.status.not_in(["blocked", "expired", "cancelled", "standby"]),
+            ~m.c.message_key.startswith("dry:"),
+        )
+        .distinct(),
+    )
 
 
 def existing_message_keys(conn: Connection, keys: Iterable[str]) -> set[str]:
@@ -422,6 +500,23 @@ def set_status(conn: Connection, frame: pd.DataFrame, now: datetime) -> int:
 
 
 # --- render ---------------------------------------------------------------------------------------
+
+
+def read_instalment_amounts(conn: Connection, keys: Sequence[str]) -> pd.DataFrame:
+    """Return amount and currency of the given instalments."""
+    inst = s.instalments
+    frames = [
+        read_frame(
+            conn,
+            select(inst.c.instalment_key, inst.c.amount, inst.c.currency).where(
+                inst.c.instalment_key.in_(list(keys[i : i + 20000]))
+            ),
+        )
+        for i in range(0, len(keys), 20000)
+    ]
+    if not frames:
+        return pd.DataFrame({"instalment_key": [], "amount": [], "currency": []})
+    return pd.concat(frames, ignore_index=True)
 
 
 def read_render_context(conn: Connection, cycle_id: int) -> pd.DataFrame:

@@ -344,7 +344,7 @@ def test_case21_art21_objector_is_not_selected_for_an_offer_by_risk_score() -> N
     import pandas as pd
 
     from config.loader import load_playbook
-    from tasks.domain.planning import due_steps
+    from tasks.domain.planning import due_steps, renewal_targets
     from tests.support.factories import ROOT
 
     book = load_playbook(ROOT / "config", "renewal-standard")
@@ -363,5 +363,5 @@ def test_case21_art21_objector_is_not_selected_for_an_offer_by_risk_score() -> N
             "profiling_objection": [True, False],
         }
     )
-    due = due_steps(segments, book, as_of).set_index("customer_key")["step"]
+    due = due_steps(renewal_targets(segments), book, as_of).set_index("customer_key")["step"]
     assert due.to_dict() == {"C1": "T-7", "C2": "T-7-offer"}

@@ -10,10 +10,13 @@ import pytest
 from config.loader import load_playbook
 from tasks.domain.planning import (
     candidate_messages,
+    coordinate,
     due_steps,
     holdout_bucket,
     in_holdout,
     message_key,
+    renewal_targets,
+    repayment_targets,
     split_holdout,
 )
 from tests.support.factories import ROOT
@@ -36,7 +39,7 @@ def _segments(days: list[int], **cols: list[object]) -> pd.DataFrame:
         "term_end": [pd.Timestamp(AS_OF + timedelta(days=d)) for d in days],
     }
     base.update(cols)
-    return pd.DataFrame(base)
+    return renewal_targets(pd.DataFrame(base))
 
 
 @pytest.mark.parametrize(
@@ -122,3 +125,24 @@ def test_split_holdout_keeps_every_due_step_on_one_side() -> None:
     assert len(treated) + len(control) == 400
     assert set(treated["contract_key"]).isdisjoint(control["contract_key"])
     assert 0 < len(control) < 60
+
+
+def test_repayment_targets_are_the_unpaid_instalments_anchored_on_their_due_date() -> None:
+    segments = _segments([200, 200]).rename(columns={"anchor_date": "term_end"}).drop(columns=["target_key"])
+    instalments = pd.DataFrame(
+        {
+            "instalment_key": ["I1", "I2", "I3"],
+            "contract_key": ["K0", "K0", "K1"],
+            "due_date": pd.to_datetime(["2026-11-15", "2026-10-15", "2026-11-15"]),
+            "paid_date": pd.to_datetime([None, "2026-10-15", None]),
+        }
+    )
+    targets = repayment_targets(instalments, segments)
+    assert sorted(targets["target_key"]) == ["I1", "I3"]
+    assert set(pd.to_datetime(targets["anchor_date"]).dt.date) == {date(2026, 11, 15)}
+
+
+def test_same_day_steps_of_a_lower_priority_playbook_are_superseded() -> None:
+    due = due_steps(_segments([30, 30]), BOOK, AS_OF)
+    kept, superseded = coordinate(due, {"C0"})
+    assert (kept["customer_key"].tolist(), superseded["customer_key"].tolist()) == (["C1"], ["C0"])
