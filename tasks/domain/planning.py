@@ -76,7 +76,7 @@ def activity_targets(segments: pd.DataFrame, last_active: pd.Series) -> pd.DataF
     inactive = (
         segments.loc[segments["inactive"].astype(bool)] if "inactive" in segments else segments.iloc[0:0]
     )
-    anchors = inactive["customer_key"].map(last_active)
+    anchors = pd.to_datetime(inactive["customer_key"].map(last_active.to_dict()))
     out = inactive.assign(target_key=inactive["contract_key"], anchor_date=anchors).dropna(
         subset=["anchor_date"]
     )

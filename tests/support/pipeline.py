@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from config.loader import load_playbook, load_segmentation
+from config.loader import load_cycle, load_playbook, load_segmentation
 from tasks.channels.base import Sender
 from tasks.channels.rendering import Renderer
 from tasks.channels.whatsapp_registry import load_whatsapp_registry
@@ -53,7 +53,9 @@ class Pipeline:
         """Run segment, plan, gate, render and (optionally) dispatch for every market; return stage stats."""
         moment = now or datetime.combine(as_of, datetime.min.time(), tzinfo=UTC).replace(hour=10)
         codes = sorted(self.markets)
-        book = load_playbook(ROOT / "config", self.playbook_id)
+        ids = list(load_cycle(ROOT / "config").playbooks) if self.playbook_id == "all" else [self.playbook_id]
+        books = [load_playbook(ROOT / "config", pid) for pid in ids]
+        book = books[0]
         stats: dict[str, Any] = {}
         with self.engine.begin() as conn:
             cycle_id = create_cycle(
@@ -66,8 +68,8 @@ class Pipeline:
                 flow_run_id=None,
             )
             stats["segment"] = segment_cycle(conn, cycle_id, as_of, codes, load_segmentation(ROOT / "config"))
-            stats["plan"] = plan_cycle(conn, cycle_id, book, as_of, codes, False)
-            stats["gate"] = gate_cycle(conn, cycle_id, self.markets, HASH_KEY, moment, codes, book.id)
+            stats["plan"] = plan_cycle(conn, cycle_id, books, as_of, codes, False)
+            stats["gate"] = gate_cycle(conn, cycle_id, self.markets, HASH_KEY, moment, codes)
         stats["render"] = self.render(cycle_id, as_of)
         if send:
             stats["dispatch"] = self.dispatch(cycle_id, moment)
