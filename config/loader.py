@@ -15,6 +15,7 @@ from tasks.domain.markets import Market
 from tasks.domain.playbook import CycleConfig, Playbook
 from tasks.domain.rules import RetentionPolicy
 from tasks.domain.segmentation import SegmentationConfig
+from tasks.domain.worklist import WorklistConfig
 
 T = TypeVar("T")
 
@@ -160,3 +161,8 @@ def load_cycle(config_dir: Path) -> CycleConfig:
     if missing:
         raise ConfigError(path, [f"no playbook file for {', '.join(missing)}"])
     return cycle
+
+
+def load_worklist(config_dir: Path) -> WorklistConfig:
+    """Return the worklist's owners per market and its high-value threshold."""
+    return load_yaml_model(config_dir / "worklist.yaml", WorklistConfig)

@@ -263,6 +263,79 @@ def consent_explain(
         out.print(f"  opt-out: {msg['opt_out']}\n")
 
 
+@app.command("worklist")
+def worklist(
+    market: Annotated[str | None, typer.Option(help="Only this market (e.g. DE).")] = None,
+    owner: Annotated[str | None, typer.Option(help="Only this owner team (config/worklist.yaml).")] = None,
+    cycle: Annotated[int | None, typer.Option(help="Cycle id; default the latest completed cycle.")] = None,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Also write the rows to this CSV file.")
+    ] = None,
+    with_contacts: Annotated[
+        bool,
+        typer.Option("--with-contacts", help="Add names, email and phone to the CSV (never shown here)."),
+    ] = False,
+) -> None:
+    """Show the customers the playbooks escalate to a specialist, highest value at risk first."""
+    from tasks.domain.frames import records
+    from tasks.runtime import get_runtime
+    from tasks.store.repository import latest_cycle
+    from tasks.worklist import build_worklist, export_csv, filter_worklist, recent
+
+    rt = get_runtime()
+    with rt.engine.connect() as conn:
+        cycle_id = cycle or latest_cycle(conn)
+        if cycle_id is None:
+            err.print("no completed cycle yet; run `renewals run renewal-cycle` first")
+            raise typer.Exit(code=1)
+        books = [rt.playbook(p) for p in rt.cycle.playbooks]
+        rows = filter_worklist(
+            build_worklist(conn, cycle_id, books, rt.worklist, rt.fx.eur_per_unit, recent(7)), market, owner
+        )
+        if csv_path is not None:
+            export_csv(conn, rows, csv_path, with_contacts)
+            err.print(
+                f"{len(rows):,} rows written to {csv_path}"
+                + (" with contact details" if with_contacts else "")
+            )
+    table = Table(title=f"Worklist, cycle {cycle_id}: {len(rows):,} escalations")
+    for column in (
+        "customer_key",
+        "market",
+        "owner",
+        "reason",
+        "detail",
+        "value_at_risk_eur",
+        "risk_in_words",
+    ):
+        table.add_column(column.replace("_", " "), overflow="fold")
+    for row in records(rows.head(200)):
+        value = "" if row["value_at_risk_eur"] is None else f"{float(row['value_at_risk_eur']):,.2f}"
+        cells = [str(row[c] or "") for c in ("customer_key", "market", "owner", "reason", "detail")]
+        table.add_row(*cells, value, str(row["risk_in_words"] or ""))
+    out.print(table)
+
+
+@app.command("timeline")
+def timeline(customer_key: Annotated[str, typer.Argument(help="The customer's key.")]) -> None:
+    """Show everything that happened to one customer: segments, decisions, messages, deliveries, consents."""
+    from tasks.domain.frames import records
+    from tasks.runtime import get_runtime
+    from tasks.timeline import customer_timeline
+
+    with get_runtime().engine.connect() as conn:
+        events = customer_timeline(conn, customer_key)
+    if events.empty:
+        err.print(f"nothing recorded for {customer_key}")
+        raise typer.Exit(code=1)
+    table = Table(title=f"Timeline of {customer_key}")
+    for column in ("at", "kind", "what", "detail"):
+        table.add_column(column, overflow="fold")
+    for row in records(events):
+        table.add_row(f"{row['at']:%Y-%m-%d %H:%M}", str(row["kind"]), str(row["what"]), str(row["detail"]))
+    out.print(table)
+
+
 @webhooks_app.command("serve")
 def webhooks_serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",

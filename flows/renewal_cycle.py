@@ -49,6 +49,11 @@ def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
         seconds[stage] = round(time.perf_counter() - start, 3)
 
 
+def named(step: Any, label: str) -> Any:
+    """Return the task with a run name saying market, day and playbook ("segment DE 2026-11-22 all")."""
+    return step.with_options(task_run_name=f"{step.name} {label}")
+
+
 def resolve_playbooks(playbook: str) -> list[str]:
     """Return the playbooks to run: the one named, or all of config/cycle.yaml in priority order."""
     return list(get_runtime().cycle.playbooks) if playbook == ALL_PLAYBOOKS else [playbook]
@@ -76,7 +81,8 @@ def renewal_cycle(
     codes = resolve_markets(markets)
     day = as_of or local_today(codes)
     books = resolve_playbooks(playbook)
-    cycle_id = open_cycle(day, codes, books, dry_run)
+    label = f"{','.join(codes)} {day.isoformat()} {playbook}"
+    cycle_id = named(open_cycle, label)(day, codes, books, dry_run)
     stages: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     base: dict[str, Any] = {
@@ -84,6 +90,7 @@ def renewal_cycle(
         "as_of": day.isoformat(),
         "markets": codes,
         "playbook": playbook,
+        "playbook_ids": ",".join(books),
         "dry_run": dry_run,
         "status": "completed",
         "stages": stages,
@@ -91,23 +98,24 @@ def renewal_cycle(
     }
     try:
         with timed(seconds, "extract"):
-            raws = extract()
+            raws = named(extract, label)()
         with timed(seconds, "validate"):
-            validated = validate(raws)
+            validated = named(validate, label)(raws)
         stages["validate"] = validation_stats(validated)
         with timed(seconds, "load"):
-            stages["load"] = load(validated, cycle_id)
+            stages["load"] = named(load, label)(validated, cycle_id)
         with timed(seconds, "segment"):
-            stages["segment"] = segment(cycle_id, day, codes)
+            stages["segment"] = named(segment, label)(cycle_id, day, codes)
         with timed(seconds, "plan"):
-            stages["plan"] = plan(cycle_id, books, day, codes, dry_run)
+            stages["plan"] = named(plan, label)(cycle_id, books, day, codes, dry_run)
         with timed(seconds, "consent-gate"):
-            stages["consent-gate"] = gate(cycle_id, codes)
+            stages["consent-gate"] = named(gate, label)(cycle_id, codes)
         with timed(seconds, "render"):
-            stages["render"] = render(cycle_id, day)
+            stages["render"] = named(render, label)(cycle_id, day)
         with timed(seconds, "dispatch"):
-            stages["dispatch"] = {"skipped": True} if dry_run else dispatch(cycle_id, day)
+            stages["dispatch"] = {"skipped": True} if dry_run else named(dispatch, label)(cycle_id, day)
     except Exception as exc:
         fail_cycle(cycle_id, base, exc)
         raise
-    return summarise(cycle_id, base)
+    summary: dict[str, Any] = named(summarise, label)(cycle_id, base)
+    return summary

@@ -6,15 +6,18 @@ from datetime import date
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
+from prefect.settings import PREFECT_UI_URL
 from sqlalchemy import Connection
 
 from tasks._prefect import STEP
+from tasks.domain.frames import records
 from tasks.domain.summary import headline, markdown
 from tasks.render import check_whatsapp_steps
 from tasks.runtime import get_runtime
 from tasks.store.repository import audit, count_by, create_cycle, finish_cycle
+from tasks.worklist import build_worklist, recent
 
 
 @task(name="open-cycle", **STEP)
@@ -78,20 +81,84 @@ def cycle_summary(conn: Connection, base: dict[str, Any], cycle_id: int) -> dict
     return {**base, "per_channel": per_channel, "per_reason": per_reason, "per_segment": per_segment}
 
 
+TABLE_KEYS = {
+    "segments": "cycle-segments",
+    "decisions": "cycle-decisions",
+    "messages": "cycle-messages",
+    "rewards": "cycle-rewards",
+    "worklist": "cycle-worklist",
+}
+
+
+def cycle_tables(conn: Connection, cycle_id: int, summary: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Return the cycle's aggregate tables (and its worklist of customer keys): never contact data."""
+    rt = get_runtime()
+    books = [rt.playbook(p) for p in str(summary.get("playbook_ids") or "").split(",") if p]
+    worklist = build_worklist(conn, cycle_id, books, rt.worklist, rt.fx.eur_per_unit, recent(7))
+    return {
+        "segments": [
+            {"segment": r["segment"], "risk_band": r["risk_band"], "contracts": int(r["n"])}
+            for r in count_by(conn, "segment_assignments", cycle_id, ["segment", "risk_band"])
+        ],
+        "decisions": [
+            {"stage": r["stage"], "outcome": r["outcome"], "reason": r["reason"], "decisions": int(r["n"])}
+            for r in count_by(conn, "decisions", cycle_id, ["stage", "outcome", "reason"])
+        ],
+        "messages": [
+            {
+                "playbook": r["playbook"],
+                "channel": r["channel"],
+                "status": r["status"],
+                "messages": int(r["n"]),
+            }
+            for r in count_by(conn, "messages", cycle_id, ["playbook", "channel", "status"])
+        ],
+        "rewards": [{"rule": k, "granted": v} for k, v in (summary.get("rewards") or {}).items()],
+        "worklist": records(worklist.astype("object")),
+    }
+
+
+def publish(cycle_id: int, summary: dict[str, Any], tables: dict[str, list[dict[str, Any]]]) -> None:
+    """Publish the summary (Markdown with links to the tables) and the tables as Prefect artifacts."""
+    names = {
+        "segments": "contracts per segment and risk band",
+        "decisions": "consent decisions per stage, outcome and reason",
+        "messages": "messages per playbook, channel and status",
+        "rewards": "rewards granted per rule",
+        "worklist": "escalations for specialists (customer keys, reasons, value at risk)",
+    }
+    ui = PREFECT_UI_URL.value()
+    links = "\n".join(
+        f"- [{names[k]}]({ui.rstrip('/')}/artifacts/key/{TABLE_KEYS[k]})"
+        if ui
+        else f"- {names[k]}: artifact `{TABLE_KEYS[k]}`"
+        for k in TABLE_KEYS
+    )
+    create_markdown_artifact(
+        markdown=markdown(summary) + "\n## Tables\n\n" + links + "\n",
+        key="renewal-cycle-summary",
+        description=f"Cycle {cycle_id}: {summary['headline']}",
+    )
+    for name, rows in tables.items():
+        create_table_artifact(
+            table=rows or [{"note": "nothing in this cycle"}],
+            key=TABLE_KEYS[name],
+            description=f"Cycle {cycle_id}: {names[name]}",
+        )
+
+
 @task(name="summarise", **STEP)
 def summarise(cycle_id: int, base: dict[str, Any]) -> dict[str, Any]:
-    """Close the cycle with its summary, publish it as a Markdown artifact and return it."""
+    """Close the cycle with its summary, publish it and its tables as artifacts, and return it."""
     rt = get_runtime()
     with rt.engine.begin() as conn:
         summary = cycle_summary(conn, base, cycle_id)
         summary["headline"] = headline(summary)
+        tables = cycle_tables(conn, cycle_id, summary)
+        summary["worklist_rows"] = len(tables["worklist"])
         finish_cycle(conn, cycle_id, summary["status"], summary)
         audit(conn, "cycle.finished", cycle_id=cycle_id, details={"status": summary["status"]})
-    create_markdown_artifact(
-        markdown=markdown(summary),
-        key="renewal-cycle-summary",
-        description=f"Renewal cycle {cycle_id}: {summary['headline']}",
-    )
+    publish(cycle_id, summary, tables)
     get_run_logger().info(summary["headline"])
     return summary
 

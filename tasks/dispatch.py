@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from sqlalchemy import Engine, select, text, update
 
 from tasks._prefect import IO_RETRIES, STEP
@@ -29,7 +31,7 @@ from tasks.gate import decide_for, decision_rows
 from tasks.runtime import get_runtime
 from tasks.store import schema as s
 from tasks.store.bulk import read_frame, update_frame
-from tasks.store.repository import audit, claim_batch, insert_decisions, set_status, utcnow
+from tasks.store.repository import audit, claim_batch, count_status, insert_decisions, set_status, utcnow
 from tasks.tracking import CONSENT_PURPOSES, activate_fallback, in_doubt_evidence, record_consent_change
 
 
@@ -336,10 +338,15 @@ def dispatch_cycle(
     lease_seconds: float = 600.0,
     grace_seconds: float = 900.0,
     email_events: bool = False,
+    on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Send every rendered message of the cycle, batch by batch, re-checking consent right before sending."""
+    """Send every rendered message of the cycle, batch by batch, re-checking consent right before sending.
+
+    `on_progress` is told how many messages have been handled after each batch.
+    """
     stats: Counter[str] = Counter()
     by_channel: Counter[str] = Counter()
+    handled = 0
     with dispatcher_lease(engine) as owner:
         reconciled = reconcile(
             engine, cycle_id, senders, owner, clock(), lease_seconds, grace_seconds, email_events
@@ -362,6 +369,9 @@ def dispatch_cycle(
             for r in results:
                 stats[r.status.value] += 1
                 by_channel[f"{channels[r.message_key]}:{r.status.value}"] += 1
+            handled += len(batch)
+            if on_progress is not None:
+                on_progress(handled)
     return {
         "sent": stats["sent"],
         "failed": stats["failed"],
@@ -397,6 +407,15 @@ def dispatch(cycle_id: int, as_of: Any = None) -> dict[str, Any]:
     rt = get_runtime()
     senders = {c: rt.sender(c) for c in ("email", "sms", "whatsapp")}
     settings = rt.settings
+    with rt.engine.connect() as conn:
+        total = count_status(conn, cycle_id, "rendered")
+    progress = create_progress_artifact(
+        progress=0.0, key="dispatch-progress", description=f"Cycle {cycle_id}: {total:,} messages to send"
+    )
+    assert isinstance(progress, UUID)  # the sync call in a sync task returns the id, not a coroutine
+
+    def report(handled: int) -> None:
+        update_progress_artifact(progress, min(100.0, 100.0 * handled / max(total, 1)))
 
     def run() -> dict[str, Any]:
         return dispatch_cycle(
@@ -409,9 +428,11 @@ def dispatch(cycle_id: int, as_of: Any = None) -> dict[str, Any]:
             lease_seconds=settings.claim_lease_seconds,
             grace_seconds=settings.in_doubt_grace_seconds,
             email_events=bool(settings.sendgrid_webhook_public_key.get_secret_value()),
+            on_progress=report,
         )
 
     stats = run()
+    update_progress_artifact(progress, 100.0)
     for _ in range(2):
         if not (stats.get("fallback_queued") or stats.get("rerender_without_offer")):
             break

@@ -9,7 +9,15 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from config.loader import load_cycle, load_markets, load_playbook, load_retention, load_segmentation
+from config.loader import (
+    load_cycle,
+    load_markets,
+    load_playbook,
+    load_retention,
+    load_segmentation,
+    load_worklist,
+)
+from config.rewards_loader import load_fx
 from config.settings import SendMode, Settings, get_settings
 from tasks.channels.base import Sender
 from tasks.channels.outbox import OutboxSender
@@ -24,8 +32,10 @@ from tasks.channels.whatsapp_registry import WhatsAppRegistry, load_whatsapp_reg
 from tasks.domain.frames import records
 from tasks.domain.markets import Market
 from tasks.domain.playbook import CycleConfig, Playbook
+from tasks.domain.rewards import FxRates
 from tasks.domain.rules import RetentionPolicy
 from tasks.domain.segmentation import SegmentationConfig
+from tasks.domain.worklist import WorklistConfig
 from tasks.store.engine import make_engine
 from tasks.store.repository import pending_messages
 
@@ -57,6 +67,16 @@ class Runtime:
     def cycle(self) -> CycleConfig:
         """Return the default playbooks of a cycle, in priority order."""
         return load_cycle(self.settings.config_dir)
+
+    @cached_property
+    def worklist(self) -> WorklistConfig:
+        """Return the worklist's owners and thresholds."""
+        return load_worklist(self.settings.config_dir)
+
+    @cached_property
+    def fx(self) -> FxRates:
+        """Return the fixed EUR reporting rates."""
+        return load_fx(self.settings.config_dir)
 
     @cached_property
     def retention(self) -> RetentionPolicy:

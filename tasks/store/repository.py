@@ -170,6 +170,15 @@ def finish_cycle(conn: Connection, cycle_id: int, status: str, summary: dict[str
     )
 
 
+def latest_cycle(conn: Connection) -> int | None:
+    """Return the id of the latest completed, non-dry cycle."""
+    c = s.cycles
+    value = conn.execute(
+        select(func.max(c.c.cycle_id)).where(c.c.status == "completed", c.c.dry_run.is_(False))
+    ).scalar()
+    return int(value) if value is not None else None
+
+
 def cycle_row(conn: Connection, cycle_id: int) -> dict[str, Any]:
     """Return one cycle as a dict."""
     row = conn.execute(select(s.cycles).where(s.cycles.c.cycle_id == cycle_id)).mappings().one()
@@ -642,6 +651,13 @@ def count_by(
         .order_by(*cols)
     )
     return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def count_status(conn: Connection, cycle_id: int, status: str) -> int:
+    """Return how many of the cycle's messages are in `status`."""
+    m = s.messages
+    stmt = select(func.count()).where(m.c.cycle_id == cycle_id, m.c.status == status)
+    return int(conn.execute(stmt).scalar_one())
 
 
 def count_rows(conn: Connection, table_name: str, cycle_id: int | None = None) -> int:
