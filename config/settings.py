@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     sendgrid_webhook_public_key: SecretStr = SecretStr("")
     sendgrid_webhook_max_age_seconds: Annotated[int, Field(ge=1)] = 300
 
+    # The external rewards platform (grant-rewards, fulfilment: webhook). Unset: webhook rewards wait.
+    rewards_webhook_url: str = ""
+    rewards_webhook_secret: SecretStr = SecretStr("")
+    rewards_webhook_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+
     @field_validator("database_url")
     @classmethod
     def _psycopg_driver(cls, value: str) -> str:

@@ -16,7 +16,7 @@ from tasks.domain.frames import records
 from tasks.domain.summary import headline, markdown
 from tasks.render import check_whatsapp_steps
 from tasks.runtime import get_runtime
-from tasks.store.repository import audit, count_by, create_cycle, finish_cycle
+from tasks.store.repository import audit, count_by, create_cycle, finish_cycle, rewards_granted_on
 from tasks.worklist import build_worklist, recent
 
 
@@ -113,7 +113,7 @@ def cycle_tables(conn: Connection, cycle_id: int, summary: dict[str, Any]) -> di
             }
             for r in count_by(conn, "messages", cycle_id, ["playbook", "channel", "status"])
         ],
-        "rewards": [{"rule": k, "granted": v} for k, v in (summary.get("rewards") or {}).items()],
+        "rewards": rewards_granted_on(conn, date.fromisoformat(str(summary["as_of"])), summary["markets"]),
         "worklist": records(worklist.astype("object")),
     }
 
@@ -124,7 +124,7 @@ def publish(cycle_id: int, summary: dict[str, Any], tables: dict[str, list[dict[
         "segments": "contracts per segment and risk band",
         "decisions": "consent decisions per stage, outcome and reason",
         "messages": "messages per playbook, channel and status",
-        "rewards": "rewards granted per rule",
+        "rewards": "rewards decided today per rule, market and status (by grant-rewards)",
         "worklist": "escalations for specialists (customer keys, reasons, value at risk)",
     }
     ui = PREFECT_UI_URL.value()

@@ -196,7 +196,9 @@ def render_cycle(
     unsubscribe_base: str,
 ) -> dict[str, Any]:
     """Render every queued message of the cycle and store the result; failures are kept, not sent."""
-    rows = with_instalments(conn, read_render_context(conn, cycle_id))
+    rows = read_render_context(conn, cycle_id)
+    # Reward notices carry their own context (value, expiry, voucher code): tasks.rewards renders them.
+    rows = with_instalments(conn, rows.loc[rows["playbook"] != "rewards"].reset_index(drop=True))
     out: list[dict[str, Any]] = []
     now = utcnow()
     fallback, failures = 0, 0
@@ -292,6 +294,18 @@ def render_queued(cycle_id: int, as_of: date | None) -> dict[str, Any]:
             day,
             markets=rt.markets,
             whatsapp=rt.whatsapp_registry,
+            company=settings.company_name,
+            link_secret=settings.pii_hash_key.get_secret_value().encode(),
+            link_base=str(settings.renew_base_url),
+            unsubscribe_base=str(settings.unsubscribe_base_url),
+        )
+        # Imported here: tasks.rewards renders through this module, so a top-level import would be circular.
+        from tasks.rewards import render_notifications
+
+        stats["reward_notices"] = render_notifications(
+            conn,
+            cycle_id,
+            rt.renderer,
             company=settings.company_name,
             link_secret=settings.pii_hash_key.get_secret_value().encode(),
             link_base=str(settings.renew_base_url),

@@ -170,11 +170,39 @@ def finish_cycle(conn: Connection, cycle_id: int, status: str, summary: dict[str
     )
 
 
+def rewards_granted_on(conn: Connection, day: date, markets: Sequence[str]) -> list[dict[str, Any]]:
+    """Return the rewards decided on `day` in the markets, per rule, market and status, with their cost."""
+    r = s.rewards
+    start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+    stmt = (
+        select(
+            r.c.rule,
+            r.c.market,
+            r.c.status,
+            func.count().label("rewards"),
+            func.coalesce(func.sum(r.c.cost_eur), 0).label("cost_eur"),
+        )
+        .where(r.c.granted_at >= start, r.c.granted_at < start + timedelta(days=1), r.c.market.in_(markets))
+        .group_by(r.c.rule, r.c.market, r.c.status)
+        .order_by(r.c.rule, r.c.market, r.c.status)
+    )
+    return [
+        {"rule": rule, "market": market, "status": status, "rewards": int(n), "cost_eur": float(cost)}
+        for rule, market, status, n, cost in conn.execute(stmt)
+    ]
+
+
+# Runs that open a cycle row without planning from playbooks: grant-rewards and release-deferred.
+SIDE_RUNS = ("rewards", "(deferred release)")
+
+
 def latest_cycle(conn: Connection) -> int | None:
-    """Return the id of the latest completed, non-dry cycle."""
+    """Return the id of the latest completed, non-dry renewal cycle."""
     c = s.cycles
     value = conn.execute(
-        select(func.max(c.c.cycle_id)).where(c.c.status == "completed", c.c.dry_run.is_(False))
+        select(func.max(c.c.cycle_id)).where(
+            c.c.status == "completed", c.c.dry_run.is_(False), c.c.playbook.not_in(SIDE_RUNS)
+        )
     ).scalar()
     return int(value) if value is not None else None
 

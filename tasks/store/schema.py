@@ -323,3 +323,93 @@ audit_log = Table(
     Column("subject_key", String(200)),
     Column("details", JSON),
 )
+
+# --- rewards (grant-rewards flow) ---
+
+# The reward ledger: one row per (customer, rule, qualifying event), written before anything is fulfilled,
+# so a rerun grants nothing twice. Holdout and over_budget rows record the decision and give nothing
+# (cost_eur 0; value and currency say what it would have been).
+rewards = Table(
+    "rewards",
+    metadata,
+    Column("reward_key", String(200), primary_key=True),
+    Column("rule", String(64), nullable=False),
+    Column("rule_version", Integer, nullable=False),
+    Column("trigger", String(32), nullable=False),
+    Column("customer_key", String(64), nullable=False, index=True),
+    Column("market", String(2), nullable=False),
+    Column("contract_key", String(64)),
+    Column("event_key", String(120), nullable=False),
+    Column("event_date", Date, nullable=False),
+    Column("evidence", JSON),
+    Column("kind", String(16), nullable=False),
+    Column("fulfilment", String(16), nullable=False),
+    Column("points", Integer),
+    Column("value", Numeric(18, 2), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("cost_eur", Numeric(14, 2), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("budget_month", Date),
+    Column("granted_at", UtcTime, nullable=False),
+    Column("expires_on", Date),
+    Column("fulfilled_at", UtcTime),
+    Column("fulfilment_ref", String(120)),
+    Column("fulfil_attempts", Integer, nullable=False, server_default="0"),
+    Column("fulfil_error", String(500)),
+    Column("redeemed_at", UtcTime),
+    Column("expired_at", UtcTime),
+    Column("clawed_back_at", UtcTime),
+    Column("clawback_reason", String(64)),
+    Column("clawback_synced_at", UtcTime),
+    Column("message_key", String(200)),
+    Column("cycle_id", BigInteger, index=True),
+    Column("run_id", String(32), nullable=False, index=True),
+    Column("updated_at", UtcTime, nullable=False),
+)
+
+# One row per rule, market and month: the grant transaction locks it (SELECT ... FOR UPDATE) and only
+# raises `spent` when the new total stays within `limit_amount`, so concurrent runs never overspend.
+reward_budgets = Table(
+    "reward_budgets",
+    metadata,
+    Column("rule", String(64), primary_key=True),
+    Column("market", String(2), primary_key=True),
+    Column("month", Date, primary_key=True),
+    Column("currency", String(3), nullable=False),
+    Column("limit_amount", Numeric(18, 2), nullable=False),
+    Column("spent", Numeric(18, 2), nullable=False),
+    Column("granted", Integer, nullable=False, server_default="0"),
+    Column("over_budget", Integer, nullable=False, server_default="0"),
+    Column("updated_at", UtcTime, nullable=False),
+)
+
+# Imported voucher codes; a code is issued by setting reward_key, which is unique, so no reward holds
+# two codes and no code serves two rewards.
+voucher_codes = Table(
+    "voucher_codes",
+    metadata,
+    Column("code", String(64), primary_key=True),
+    Column("rule", String(64), nullable=False),
+    Column("market", String(2), nullable=False),
+    Column("valid_until", Date),
+    Column("source", String(500), nullable=False),
+    Column("imported_at", UtcTime, nullable=False),
+    Column("reward_key", String(200), unique=True),
+    Column("issued_at", UtcTime),
+    Index("ix_voucher_codes_pool", "rule", "market"),
+)
+
+# Points movements per lot (the reward that earned them): earn +, redeem/expire/clawback -. A lot's
+# balance is the sum of its rows; the unique entry key makes every movement idempotent.
+points_ledger = Table(
+    "points_ledger",
+    metadata,
+    Column("entry_id", Id, primary_key=True, autoincrement=True),
+    Column("customer_key", String(64), nullable=False, index=True),
+    Column("lot_key", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("points", Integer, nullable=False),
+    Column("reference", String(200), nullable=False),
+    Column("created_at", UtcTime, nullable=False),
+    Index("uq_points_ledger_entry", "lot_key", "kind", "reference", unique=True),
+)

@@ -11,7 +11,7 @@ import pytest
 from tests.support.factories import ROOT
 
 OURS = ("flows", "tasks", "config", "tests")
-ADAPTERS = ("tasks/store", "tasks/sources", "tasks/channels")
+ADAPTERS = ("tasks/store", "tasks/sources", "tasks/channels", "tasks/fulfilment")
 DOMAIN_THIRD_PARTY = {"pandas", "numpy"}
 
 
