@@ -10,7 +10,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: help bootstrap demo test test-unit lint typecheck check bench docs clean
+.PHONY: help bootstrap demo ui test test-unit lint typecheck check bench docs clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,8 +25,11 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 bootstrap: $(VENV)/.synced ## Install everything into .venv (idempotent)
 
-demo: bootstrap ## Generate a demo portfolio and run one renewal cycle (SQLite, ephemeral Prefect, outbox)
+demo: bootstrap ## Generate a demo portfolio, run a renewal cycle, grant rewards, write the KPI report
 	$(BIN)/renewals demo
+
+ui: bootstrap ## Start a local Prefect server and UI on http://127.0.0.1:4200 (shows the demo's runs)
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 test: bootstrap ## Run the whole suite, PostgreSQL tests included
 	$(BIN)/pytest

@@ -216,6 +216,41 @@ def run_consent_audit(
     out.print_json(data=result)
 
 
+@run_app.command("grant-rewards")
+def run_grant_rewards(
+    as_of: Annotated[
+        str | None, typer.Option(help="Day the rewards are earned by (YYYY-MM-DD); default today.")
+    ] = None,
+    markets: Annotated[str | None, typer.Option(help="Comma-separated market codes; default all.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Evaluate the rules; grant, fulfil and send nothing.")
+    ] = False,
+) -> None:
+    """Run grant-rewards: claw back, expire, grant within budget, fulfil, notify; a rerun grants nothing."""
+    from flows.grant_rewards import grant_rewards
+
+    summary = grant_rewards(
+        as_of=date.fromisoformat(as_of) if as_of else None, markets=_parse_markets(markets), dry_run=dry_run
+    )
+    out.print_json(data=summary)
+
+
+@app.command("import-vouchers")
+def import_vouchers(
+    path: Annotated[Path, typer.Argument(help="CSV with code, rule, market[, valid_until].")],
+) -> None:
+    """Import voucher codes into the pool; codes already known are skipped, a bad row stops the import."""
+    from tasks.fulfilment.vouchers import VoucherFileError
+    from tasks.rewards import import_vouchers as run_import
+
+    try:
+        counts = run_import(path)
+    except VoucherFileError as exc:
+        err.print(f"[bold red]Not imported:[/] {exc}")
+        raise typer.Exit(code=1) from exc
+    out.print_json(data=counts)
+
+
 @run_app.command("release-deferred")
 def run_release_deferred(
     markets: Annotated[str | None, typer.Option(help="Comma-separated market codes; default all.")] = None,
@@ -316,6 +351,43 @@ def worklist(
     out.print(table)
 
 
+@app.command("report")
+def report(
+    start: Annotated[
+        str | None, typer.Option("--from", help="First cycle day (YYYY-MM-DD); default 91 days ago.")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="Last cycle day (YYYY-MM-DD); default today.")
+    ] = None,
+    report_out: Annotated[
+        Path | None, typer.Option("--out", help="HTML file to write; default var/reports/...")
+    ] = None,
+    markets: Annotated[str | None, typer.Option(help="Comma-separated market codes; default all.")] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help="Day outcomes are measured on (YYYY-MM-DD); default today.")
+    ] = None,
+    locale: Annotated[str, typer.Option(help="Locale of numbers and dates, e.g. de-DE.")] = "en",
+) -> None:
+    """Run the kpi-report flow: write one self-contained HTML report of the cycles run in a period."""
+    from flows.kpi_report import kpi_report
+
+    result = kpi_report(
+        start=date.fromisoformat(start) if start else None,
+        end=date.fromisoformat(end) if end else None,
+        markets=_parse_markets(markets),
+        as_of=date.fromisoformat(as_of) if as_of else None,
+        out=str(report_out) if report_out else None,
+        locale=locale,
+    )
+    table = Table(title="Treated vs holdout (pooled)")
+    for column in ("kpi", "treated", "treated_rate", "control", "control_rate", "uplift", "interval_95"):
+        table.add_column(column, justify="left" if column == "kpi" else "right")
+    for row in result["headline"]:
+        table.add_row(*(str(v) for v in row.values()))
+    out.print(table)
+    out.print(f"Report: {result['path']}", soft_wrap=True)
+
+
 @app.command("timeline")
 def timeline(customer_key: Annotated[str, typer.Argument(help="The customer's key.")]) -> None:
     """Show everything that happened to one customer: segments, decisions, messages, deliveries, consents."""
@@ -381,11 +453,51 @@ def demo(
         err.print(f"[bold red]Stopped before sending:[/] {exc}")
         raise typer.Exit(code=1) from exc
     print_summary(summary)
+    from flows.grant_rewards import grant_rewards
+    from flows.kpi_report import default_period, kpi_report
+
+    print_rewards(grant_rewards(as_of=day))
+    start, end = default_period(day)
+    report_file = kpi_report(start=start, end=end, as_of=day)["path"]
     out.print(
         f"\nOutbox (what would have been sent): {settings.resolved_outbox_dir}\n"
         f"Database: {settings.resolved_database_url}\n"
-        "Run `make demo` again today: nothing new is sent."
+        f"KPI report (open in a browser): {report_file}\n"
+        f"{prefect_ui_hint()}\n"
+        "Specialists: `renewals worklist`, `renewals timeline CUSTOMER_KEY`, `renewals consent explain ...`\n"
+        "Run `make demo` again today: nothing new is sent, no reward is granted twice.",
+        soft_wrap=True,
     )
+
+
+def prefect_ui_hint() -> str:
+    """Return where the demo's flow runs and artifacts can be seen in the Prefect UI."""
+    from prefect.settings import PREFECT_HOME, PREFECT_UI_URL
+
+    ui = PREFECT_UI_URL.value()
+    if ui:
+        return f"Prefect UI: {ui.rstrip('/')}/runs"
+    # The ephemeral API stores runs and artifacts in the same database a local server reads.
+    return (
+        "Prefect UI: run `make ui`, then open http://127.0.0.1:4200/runs "
+        f"(the runs and artifacts are kept in {PREFECT_HOME.value()})"
+    )
+
+
+def print_rewards(summary: dict[str, Any]) -> None:
+    """Print what a grant-rewards run decided, per rule."""
+    grant = summary.get("stages", {}).get("grant", {})
+    table = Table(title=f"Rewards {summary.get('as_of')} - run {summary.get('cycle_id')}")
+    for column in ("rule", "qualifying", "granted", "holdout", "over budget"):
+        table.add_column(column, justify="left" if column == "rule" else "right")
+    for rule, counts in sorted(grant.get("by_rule", {}).items()):
+        table.add_row(
+            rule,
+            *(f"{int(counts.get(k, 0)):,}" for k in ("qualifying", "granted", "holdout", "over_budget")),
+        )
+    out.print(table)
+    sent = summary.get("stages", {}).get("dispatch", {}).get("sent", 0)
+    out.print(f"Reward notices sent: {sent:,} (service messages through the same consent gate and dispatch)")
 
 
 def main() -> None:

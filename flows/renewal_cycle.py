@@ -61,7 +61,7 @@ def resolve_playbooks(playbook: str) -> list[str]:
 
 def _run_name() -> str:
     params = flow_run.parameters
-    markets = ",".join(params.get("markets") or ["all"])
+    markets = ",".join(sorted({str(m).strip().upper() for m in params.get("markets") or []})) or "all"
     day = params.get("as_of") or "today"
     return f"renewal-cycle {markets} {day} {params.get('playbook', ALL_PLAYBOOKS)}"
 
