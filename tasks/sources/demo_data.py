@@ -44,6 +44,14 @@ _UNITS_PER_EUR = {"EUR": 1.0, "GBP": 0.86, "SGD": 1.45, "IDR": 17_000.0, "VND": 
 _SUBSCRIPTION_PRICES = np.array([59.9, 79.9, 99.9, 119.9, 149.9, 199.9, 249.9])
 _SAVINGS_MONTHLY = np.array([25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0])
 _LOAN_MONTHS = np.array([12, 24, 36, 48, 60])
+# History depth: enough for the decision points of the past terms that ended in the last year or so.
+_INSTALMENT_MONTHS = 15
+_ACTIVITY_MONTHS = 15
+# How much likelier a term is to lapse, in log-odds, by product (sub, loan, ins, sav) and market.
+_LAPSE_BY_PRODUCT = np.array([0.4, 0.8, -0.6, -0.3])
+_LAPSE_BY_MARKET = {"DE": -0.4, "FR": 0.0, "ES": 0.2, "GB": 0.5, "ID": 0.4, "VN": 0.4, "SG": 0.1}
+_TYPICAL_EUR = np.array([110.0, 8_000.0, 380.0, 1_200.0])
+_FADE_DAYS = 150
 _STATUSES = tuple(s.value for s in ContractStatus)
 _ACTIVE = _STATUSES.index(ContractStatus.ACTIVE.value)
 _RENEWED = _STATUSES.index(ContractStatus.RENEWED.value)
@@ -202,6 +210,7 @@ class _People:
     second: Array
     has_email: Array
     has_phone: Array
+    drift: Array
 
 
 @dataclass(frozen=True)
@@ -259,9 +268,10 @@ def generate_portfolio(
     del plan
     contracts = _contract_frame(rng, book, people, contract_keys, customer_keys, world, dirty)
     primary = book.primary
+    lapse = _last_lapse(book, customers)
     del book
     customer_frame = _customer_frame(rng, people, since, customer_keys, world, dirty)
-    activity = _activity_frame(rng, people, since, customer_keys, today)
+    activity = _activity_frame(rng, people, since, lapse, customer_keys, today)
     consents = _consent_frame(rng, people, since, primary, customer_keys, contract_keys, world, today)
     return {
         Entity.CUSTOMERS: customer_frame,
@@ -596,6 +606,8 @@ def _people(rng: np.random.Generator, n: int, today: int, world: Sequence[Market
         second=np.where(double & ~single & (second != last), second, -1),
         has_email=rng.random(n) >= 0.05,
         has_phone=rng.random(n) >= 0.08,
+        # How fast the customer is drifting away: their activity fades and their terms lapse more.
+        drift=rng.standard_normal(n),
     )
 
 
@@ -773,17 +785,44 @@ def _book(rng: np.random.Generator, people: _People, today: int, world: Sequence
     price = _prices(rng, product.ravel(), np.repeat(units, 3)).reshape(n, 3)
 
     ago = np.arange(3, 0, -1)
-    past_end = today - 365 * ago[None, :] - rng.integers(0, 365, size=(n, 3))
+    # Past terms ended 1 to 37 months ago, so the newest ones fall inside the payment and activity history.
+    past_end = today - 30 - 365 * (ago[None, :] - 1) - rng.integers(0, 365, size=(n, 3))
     past_start = _shift_months(past_end, -12)
     past_present = (past_start >= people.since[:, None]) & (rng.random((n, 3)) < 0.9)
-    lapsed = rng.random((n, 3)) < _sigmoid(-1.0 + 1.1 * risk[:, None] + 0.7 * rng.standard_normal((n, 3)))
-    # A renewed past term is an earlier term of the main contract; a lapsed one was some other product.
-    past_product = np.where(lapsed, _products(rng, people.market, world)[:, None], product[:, :1])
+    # A past term is mostly an earlier term of the main contract, otherwise some other product.
+    past_product = np.where(
+        rng.random((n, 3)) < 0.6, product[:, :1], _products(rng, people.market, world)[:, None]
+    )
+    past_auto = rng.random((n, 3)) < _sigmoid(propensity[:, None] + product_lean[past_product])
     fresh = _prices(rng, past_product.ravel(), np.repeat(units, 3)).reshape(n, 3)
-    past_price = np.where(lapsed, fresh, price[:, :1]) * (0.97 ** ago[None, :])
+    past_price = np.where(past_product == product[:, :1], price[:, :1], fresh) * (0.97 ** ago[None, :])
     past_price = np.maximum(np.round(past_price / 100) * 100, 100).astype(np.int64)
-    past_auto = rng.random((n, 3)) < _sigmoid(propensity[:, None])
-    renewed_at = np.where(lapsed, -1, past_end - rng.integers(3, 61, size=(n, 3)))
+    # Whether a term lapsed: the customer's latent risk, loyalty and drift, the term's auto-renewal, product,
+    # price and market, and tenure, all with noise. The scorecard sees only some of these, and coarsely;
+    # loyalty shows only in how the customer's earlier terms ended.
+    loyalty = rng.standard_normal(n)
+    market_lean = np.array([_LAPSE_BY_MARKET.get(m.code, 0.0) for m in world])
+    relative_price = np.log(past_price / 100 / units[:, None] / _TYPICAL_EUR[past_product])
+    tenure = np.clip((past_end - people.since[:, None]) / 365.25, 0, 10)
+    lapse_odds = (
+        -0.7
+        + 0.7 * risk[:, None]
+        - 0.9 * loyalty[:, None]
+        + 0.5 * people.drift[:, None]
+        - 1.1 * past_auto
+        + _LAPSE_BY_PRODUCT[past_product]
+        + market_lean[people.market][:, None]
+        + 0.4 * relative_price
+        - 0.05 * tenure
+        + 0.8 * rng.standard_normal((n, 3))
+    )
+    lapsed = rng.random((n, 3)) < _sigmoid(lapse_odds)
+    # Automatic renewals happen on the term end, others in the weeks before it; a few come in after the
+    # term has ended: the contract was renewed, but not in time.
+    overdue = rng.random((n, 3)) < _sigmoid(-3.2 + 0.6 * risk[:, None])
+    renewed_at = np.where(past_auto, past_end, past_end - rng.integers(1, 46, size=(n, 3)))
+    renewed_at = np.where(overdue, past_end + rng.integers(1, 29, size=(n, 3)), renewed_at)
+    renewed_at = np.where(lapsed, -1, renewed_at)
 
     rows = np.concatenate([past_present, np.arange(3)[None, :] < current_count[:, None]], axis=1).ravel()
 
@@ -854,22 +893,26 @@ def _contract_frame(
 def _instalments(
     rng: np.random.Generator, people: _People, book: _Book, world: Sequence[Market], today: int
 ) -> _Plan:
-    """Return monthly instalments over the last year and the next month or two of each paying contract.
+    """Return monthly instalments over the last 15 months and the next month or two of each paying contract.
 
-    Riskier customers pay late more often and fall into arrears more often, each with noise.
+    Riskier customers pay late more often and fall behind more often, each with noise. A current contract
+    that fell behind still owes its latest instalments; a past term caught up, 30 or more days late, and
+    one that lapsed often fell behind near its end.
     """
     n_contracts = len(book.customer)
     monthly = (book.product == _SUB) | (book.product == _LOAN)
     monthly |= (book.product == _INS) & (rng.random(n_contracts) < 0.35)
-    rows = np.flatnonzero(book.current & monthly)
+    this_month = int(_month_of(np.array([today]))[0])
+    history_from = _month_start(np.array([this_month - _INSTALMENT_MONTHS]))[0]
+    rows = np.flatnonzero(monthly & (book.current | (book.term_end >= history_from)))
     start, term_end = book.start[rows], book.term_end[rows]
+    current = book.current[rows]
     start_month = _month_of(start)
     start_day = start - _month_start(start_month) + 1
     due_day = np.minimum(start_day, 28)
-    this_month = int(_month_of(np.array([today]))[0])
-    first = np.maximum(start_month + (start_day > 28), this_month - 12)
+    first = np.maximum(start_month + (start_day > 28), this_month - _INSTALMENT_MONTHS)
     cancelled = book.status[rows] == _CANCELLED
-    last = this_month + np.where(cancelled, 0, rng.integers(1, 3, size=len(rows)))
+    last = this_month + np.where(cancelled | ~current, 0, rng.integers(1, 3, size=len(rows)))
     end_month = _month_of(term_end)
     last = np.minimum(last, end_month - (due_day > term_end - _month_start(end_month) + 1))
     last = np.where(cancelled & (_month_start(last) + due_day - 1 > today), last - 1, last)
@@ -882,13 +925,22 @@ def _instalments(
 
     risk = people.risk[book.customer[rows]]
     late_rate = _sigmoid(-2.9 + 1.1 * risk + 0.5 * rng.standard_normal(len(rows)))
-    behind = rng.random(len(rows)) < _sigmoid(-3.8 + 1.3 * risk)
+    # Payment trouble often comes before a term is let lapse.
+    lapsing = book.status[rows] == _LAPSED
+    behind = rng.random(len(rows)) < _sigmoid(np.where(lapsing, -2.4, -3.8) + 1.3 * risk)
     arrears = np.where(behind, np.minimum(rng.geometric(0.5, len(rows)), 4), 0)
     late = rng.random(len(group)) < late_rate[group]
     delay = 1 + np.minimum(rng.exponential(7.0, len(group)).astype(np.int64), 39)
     paid = np.where(late, due + delay, due - rng.integers(0, 4, len(group)))
     past_count = np.bincount(group, weights=past, minlength=len(rows)).astype(np.int64)
-    owing = past & (offset >= (past_count - arrears)[group])
+    # A current contract is behind on its latest instalments; a past term was behind somewhere in its term.
+    anywhere = (rng.random(len(rows)) * np.maximum(past_count - arrears + 1, 1)).astype(np.int64)
+    near_end = past_count - arrears - rng.integers(0, 3, size=len(rows))
+    spell_from = np.where(current, past_count - arrears, np.where(lapsing, near_end, anywhere))
+    in_spell = past & (offset >= spell_from[group]) & (offset < (spell_from + arrears)[group])
+    owing = in_spell & current[group]
+    caught_up = due + 30 + np.minimum(rng.exponential(20.0, len(group)).astype(np.int64), 150)
+    paid = np.where(in_spell & ~owing, caught_up, paid)
     paid = np.where(past & ~owing & (paid <= today), paid, -1)
 
     price, months, product = book.price[rows], book.months[rows], book.product[rows]
@@ -952,36 +1004,57 @@ def _pick_dirty(rng: np.random.Generator, n: int, share: float, has_instalments:
     return picked
 
 
+def _last_lapse(book: _Book, n: int) -> Array:
+    """Return the end of each customer's latest lapsed term (a far-past day when none lapsed)."""
+    lapse = np.full(n, -(10**6), dtype=np.int64)
+    lapsed = book.status == _LAPSED
+    np.maximum.at(lapse, book.customer[lapsed], book.term_end[lapsed])
+    return lapse
+
+
 def _activity_frame(
-    rng: np.random.Generator, people: _People, since: Array, keys: Text, today: int
+    rng: np.random.Generator, people: _People, since: Array, lapse: Array, keys: Text, today: int
 ) -> pd.DataFrame:
-    """Return six full months of activity per customer; riskier customers are quieter and fading."""
+    """Return the last full months of activity per customer; riskier or drifting ones are quieter, fading."""
     n = len(since)
     this_month = int(_month_of(np.array([today]))[0])
-    months = np.arange(this_month - 6, this_month)
+    months = np.arange(this_month - _ACTIVITY_MONTHS, this_month)
     first_day = _month_start(months)
     last_day = _month_start(months + 1) - 1
-    level = np.exp(1.5 - 0.8 * people.risk + 0.5 * rng.standard_normal(n))
-    trend = np.exp(-0.06 * people.risk[:, None] * (np.arange(6)[None, :] - 2.5))
-    transactions = rng.poisson(level[:, None] * trend * np.exp(0.35 * rng.standard_normal((n, 6)) - 0.06))
-    rows = (last_day[None, :] >= since[:, None]).ravel()
-    low = np.maximum(first_day[None, :], since[:, None])
-    span = last_day[None, :] - low + 1
+    level = np.exp(1.5 - 0.8 * people.risk + 0.5 * rng.standard_normal(n)).astype(np.float32)
+    slope = (-0.04 * people.risk - 0.05 * people.drift).astype(np.float32)
+    # Built on the kept rows only, in small dtypes, so 15 months of a million customers stay small.
+    row = np.flatnonzero((last_day[None, :] >= since[:, None]).ravel())
+    who = (row // _ACTIVITY_MONTHS).astype(np.int32)
+    month = (row % _ACTIVITY_MONTHS).astype(np.int8)
+    del row
+    centred = np.arange(_ACTIVITY_MONTHS, dtype=np.float32) - np.float32((_ACTIVITY_MONTHS - 1) / 2)
+    rate = np.exp(slope[who] * centred[month])
+    rate *= level[who]
+    rate *= np.exp(np.float32(0.35) * rng.standard_normal(len(who), dtype=np.float32) - np.float32(0.06))
+    # Customers who are about to let a contract lapse use their account less in the months before.
+    to_lapse = lapse[who] - first_day[month]
+    rate[(to_lapse > 0) & (to_lapse <= _FADE_DAYS)] *= np.float32(0.7)
+    del to_lapse
+    count = rng.poisson(rate).astype(np.int32)
+    del rate
+    low = np.maximum(first_day[month], since[who]).astype(np.int32)
+    span = (last_day[month] - low + 1).astype(np.int32)
     # The last active day is the latest of that month's transactions: the max of `count` uniform days.
-    ahead = (span * rng.random((n, 6)) ** (1 / np.maximum(transactions, 1))).astype(np.int64)
-    latest = (low + np.minimum(ahead, span - 1)).ravel()[rows]
-    count = transactions.ravel()[rows]
-    return _frame(
-        Entity.ACTIVITY,
-        {
-            "customer_key": keys.take(np.repeat(np.arange(n), 6)[rows]),
-            "month": _take(
-                months.astype("datetime64[M]").astype(str).tolist(), np.tile(np.arange(6), n)[rows]
-            ),
-            "transactions": _take([str(i) for i in range(int(count.max(initial=0)) + 1)], count),
-            "last_active": _dates(latest, count > 0),
-        },
-    )
+    ahead = rng.random(len(who), dtype=np.float32) ** (np.float32(1) / np.maximum(count, 1))
+    ahead *= span
+    latest = low + np.minimum(ahead.astype(np.int32), span - 1)
+    del low, span, ahead
+    # One column at a time, dropping its codes as soon as the text exists, to keep the peak down.
+    columns: dict[str, Text] = {"last_active": _dates(latest, count > 0)}
+    del latest
+    columns["transactions"] = _take([str(i) for i in range(int(count.max(initial=0)) + 1)], count)
+    del count
+    columns["month"] = _take(months.astype("datetime64[M]").astype(str).tolist(), month)
+    del month
+    columns["customer_key"] = keys.take(who)
+    del who
+    return _frame(Entity.ACTIVITY, columns)
 
 
 def _consent_frame(

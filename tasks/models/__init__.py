@@ -1,0 +1,1 @@
+"""Risk models that learn from history: training, calibration, explanations and the scorecard comparison."""
