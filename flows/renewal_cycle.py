@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,13 +41,20 @@ def local_today(markets: list[str]) -> date:
 
 
 @contextmanager
-def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
-    """Record how long a stage took (wall clock) in `seconds`."""
+def timed(seconds: dict[str, float], stage: str, rss: dict[str, float] | None = None) -> Iterator[None]:
+    """Record how long a stage took (wall clock) in `seconds`, and the process's peak RSS after it."""
     start = time.perf_counter()
     try:
         yield
     finally:
         seconds[stage] = round(time.perf_counter() - start, 3)
+        if rss is not None:
+            rss[stage] = round(peak_rss_mb(), 1)
+
+
+def peak_rss_mb() -> float:
+    """Return this process's peak resident set size so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def named(step: Any, label: str) -> Any:
@@ -85,6 +93,7 @@ def renewal_cycle(
     cycle_id = named(open_cycle, label)(day, codes, books, dry_run)
     stages: dict[str, Any] = {}
     seconds: dict[str, float] = {}
+    rss: dict[str, float] = {}
     base: dict[str, Any] = {
         "cycle_id": cycle_id,
         "as_of": day.isoformat(),
@@ -95,24 +104,25 @@ def renewal_cycle(
         "status": "completed",
         "stages": stages,
         "seconds": seconds,
+        "peak_rss_mb": rss,
     }
     try:
-        with timed(seconds, "extract"):
+        with timed(seconds, "extract", rss):
             raws = named(extract, label)()
-        with timed(seconds, "validate"):
+        with timed(seconds, "validate", rss):
             validated = named(validate, label)(raws)
         stages["validate"] = validation_stats(validated)
-        with timed(seconds, "load"):
+        with timed(seconds, "load", rss):
             stages["load"] = named(load, label)(validated, cycle_id)
-        with timed(seconds, "segment"):
+        with timed(seconds, "segment", rss):
             stages["segment"] = named(segment, label)(cycle_id, day, codes)
-        with timed(seconds, "plan"):
+        with timed(seconds, "plan", rss):
             stages["plan"] = named(plan, label)(cycle_id, books, day, codes, dry_run)
-        with timed(seconds, "consent-gate"):
+        with timed(seconds, "consent-gate", rss):
             stages["consent-gate"] = named(gate, label)(cycle_id, codes)
-        with timed(seconds, "render"):
+        with timed(seconds, "render", rss):
             stages["render"] = named(render, label)(cycle_id, day)
-        with timed(seconds, "dispatch"):
+        with timed(seconds, "dispatch", rss):
             stages["dispatch"] = {"skipped": True} if dry_run else named(dispatch, label)(cycle_id, day)
     except Exception as exc:
         fail_cycle(cycle_id, base, exc)
