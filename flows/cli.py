@@ -165,6 +165,57 @@ def print_summary(summary: dict[str, Any]) -> None:
     out.print(f"[bold]{summary.get('headline', '')}[/]")
 
 
+@run_app.command("train-risk-models")
+def run_train_risk_models(
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Train on history up to this day (YYYY-MM-DD); default today."),
+    ] = None,
+    markets: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated market codes whose history to learn from; default all."),
+    ] = None,
+    no_promote: Annotated[
+        bool, typer.Option("--no-promote", help="Store the models as candidates; never make one active.")
+    ] = False,
+) -> None:
+    """Train the renewal and repayment risk models; promote each only if it ranks better (docs/models.md)."""
+    from flows.train_risk_models import train_risk_models
+
+    try:
+        result = train_risk_models(
+            as_of=date.fromisoformat(as_of) if as_of else None,
+            markets=_parse_markets(markets),
+            promote=not no_promote,
+        )
+    except Exception as exc:
+        err.print(f"[bold red]Training stopped:[/] {exc}")
+        raise typer.Exit(code=1) from exc
+    print_models(result)
+
+
+def print_models(result: dict[str, Any]) -> None:
+    """Print what a train-risk-models run measured and decided, per model."""
+    table = Table(title=f"Risk models trained on history up to {result['as_of']}")
+    for column in ("model", "version", "status", "ROC AUC", "scorecard", "PR AUC", "Brier"):
+        table.add_column(column, overflow="fold")
+    for kind in ("renewal", "repayment"):
+        m = result[kind]
+        card = m.get("scorecard_roc_auc")
+        table.add_row(
+            kind,
+            m["version"],
+            m["status"],
+            f"{m['roc_auc']:.3f}",
+            "" if card is None else f"{card:.3f}",
+            f"{m['pr_auc']:.3f}",
+            f"{m['brier']:.4f}",
+        )
+    out.print(table)
+    for kind in ("renewal", "repayment"):
+        out.print(f"{kind}: {result[kind]['reason']}", soft_wrap=True)
+
+
 @run_app.command("dsr-export")
 def run_dsr_export(customer: Annotated[str, typer.Option(help="Customer key.")]) -> None:
     """Answer an access request (GDPR Art. 15): write everything held about the customer to a JSON file."""
@@ -447,6 +498,17 @@ def demo(
     else:
         err.print(f"demo portfolio for {day} already in {data_dir}")
     upgrade(get_runtime().engine)
+    from tasks.train_models import has_active_model, load_history_for_training
+
+    if not has_active_model("renewal"):
+        # The first demo run has no model yet: load the history and train once, so the cycle scores with it.
+        from flows.train_risk_models import train_risk_models
+
+        try:
+            load_history_for_training(day)
+            print_models(train_risk_models(as_of=day))
+        except ValueError as exc:
+            err.print(f"no risk model trained ({exc}); the cycle scores with the scorecard")
     try:
         summary = _run_cycle(day, None, False, "all")
     except Exception as exc:

@@ -162,7 +162,9 @@ def export_customer(
         "scoring_logic": (
             "Renewal risk is a transparent scorecard (config/segments.yaml): points for a short customer "
             "relationship, late payments in the last 12 months, low account activity and no automatic "
-            "renewal add up to a score from 0 to 100 (low below 30, high from 60). It decides which "
+            "renewal add up to a score from 0 to 100 (low below 30, high from 60). When a learned model "
+            "is active (model_version names it; docs/models.md), the score is instead its estimated chance "
+            "of not renewing, in percent, and risk_reasons says what raised it. It decides which "
             "reminders and offers are sent, never credit or contract terms."
         ),
         "rewards": _rewards(conn, customer_key),

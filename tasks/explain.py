@@ -66,10 +66,21 @@ def consent_in_words(record: dict[str, Any]) -> str:
 
 
 def scorecard_in_words(row: dict[str, Any]) -> str:
-    """Return a segment row's renewal-risk score and what drove it, in plain words."""
-    factors = [f.split("+")[0] for f in str(row.get("risk_factors") or "").split(",") if f]
-    drivers = ", ".join(_FACTOR_WORDS.get(f, f) for f in factors) or "nothing in particular"
-    text = f"Renewal risk {row.get('risk_score')} of 100 ({row.get('risk_band')}), driven by {drivers}."
+    """Return a segment row's renewal-risk score and what drove it, in plain words (its reasons if stored)."""
+    reasons = row.get("risk_reasons")
+    # Rows segmented before reasons were stored have none (NULL); an empty text means nothing stood out.
+    if reasons is None or (not isinstance(reasons, str) and pd.isna(reasons)):
+        factors = [f.split("+")[0] for f in str(row.get("risk_factors") or "").split(",") if f]
+        reasons = ", ".join(_FACTOR_WORDS.get(f, f) for f in factors)
+    score, band = row.get("risk_score"), row.get("risk_band")
+    if str(row.get("model_version") or "scorecard").startswith("scorecard"):
+        text = f"Renewal risk {score} of 100 ({band}), driven by {reasons or 'nothing in particular'}."
+    else:
+        why = f"mostly because of: {reasons}." if reasons else "with nothing standing out."
+        text = (
+            f"Renewal risk {score} of 100 ({band}): the learned model puts the chance of not renewing at "
+            f"about {score}%, {why}"
+        )
     if row.get("profiling_objection"):
         text += " You objected to marketing, so this score is never used to select you for offers."
     return text

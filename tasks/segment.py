@@ -5,15 +5,32 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+import pandas as pd
 from prefect import get_run_logger, task
 from sqlalchemy import Connection
 
 from tasks._prefect import STEP
 from tasks.domain.contract import Entity
-from tasks.domain.segmentation import SegmentationConfig, segment_contracts
+from tasks.domain.features import renewal_scoring_frame
+from tasks.domain.segmentation import (
+    SCORECARD_VERSION,
+    ModelRisk,
+    Scorecard,
+    SegmentationConfig,
+    segment_contracts,
+)
 from tasks.domain.summary import counts
+from tasks.models.explain import scorecard_factors_in_words, top_factors
 from tasks.runtime import get_runtime
 from tasks.store.repository import marketing_objectors, read_segment_inputs, write_segments
+from tasks.train_models import active_model
+
+
+def scorecard_reasons(risk_factors: pd.Series, card: Scorecard) -> pd.Series:
+    """Return the scorecard's factors of each row in plain words."""
+    # A handful of distinct factor strings cover millions of rows: phrase each once.
+    words = {f: scorecard_factors_in_words(f, card) for f in risk_factors.drop_duplicates()}
+    return risk_factors.map(words)
 
 
 def segment_cycle(
@@ -23,13 +40,21 @@ def segment_cycle(
     inputs = read_segment_inputs(conn, markets)
     contracts = inputs[Entity.CONTRACTS]
     open_contracts = contracts[contracts["status"] == "active"].reset_index(drop=True)
-    segments = segment_contracts(
-        open_contracts,
-        inputs[Entity.CUSTOMERS],
-        inputs[Entity.INSTALMENTS],
-        inputs[Entity.ACTIVITY],
-        as_of,
-        config,
+    history = (contracts, inputs[Entity.CUSTOMERS], inputs[Entity.INSTALMENTS], inputs[Entity.ACTIVITY])
+    model = active_model(conn, "renewal")
+    risk = None
+    if model is not None:
+        frame = renewal_scoring_frame(open_contracts, *history, as_of)
+        risk = ModelRisk(
+            model.version,
+            frame["contract_key"],
+            pd.Series(model.predict_proba(frame)),
+            top_factors(model, frame),
+        )
+    segments = segment_contracts(open_contracts, *history[1:], as_of, config, risk)
+    by_card = segments["risk_reasons"].isna()
+    segments.loc[by_card, "risk_reasons"] = scorecard_reasons(
+        segments.loc[by_card, "risk_factors"], config.scorecard
     )
     segments["profiling_objection"] = segments["customer_key"].isin(marketing_objectors(conn, markets))
     write_segments(conn, cycle_id, segments)
@@ -41,7 +66,7 @@ def segment_cycle(
         "by_renewal_window": counts(segments["renewal_window"]),
         "by_dpd_bucket": counts(segments["dpd_bucket"]),
         "inactive": int(segments["inactive"].sum()),
-        "model_version": str(segments["model_version"].iloc[0]) if len(segments) else "",
+        "model_version": model.version if model is not None else SCORECARD_VERSION,
         "profiling_objections": int(segments["profiling_objection"].sum()),
     }
 
@@ -52,5 +77,7 @@ def segment(cycle_id: int, as_of: date, markets: list[str]) -> dict[str, Any]:
     rt = get_runtime()
     with rt.engine.begin() as conn:
         stats = segment_cycle(conn, cycle_id, as_of, markets, rt.segmentation)
-    get_run_logger().info("segmented %s contracts: %s", stats["contracts"], stats["by_segment"])
+    get_run_logger().info(
+        "segmented %s contracts with %s: %s", stats["contracts"], stats["model_version"], stats["by_segment"]
+    )
     return stats

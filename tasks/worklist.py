@@ -62,6 +62,8 @@ def build_worklist(
             sa_.c.risk_score,
             sa_.c.risk_band,
             sa_.c.risk_factors,
+            sa_.c.risk_reasons,
+            sa_.c.model_version,
             sa_.c.profiling_objection,
             ct.c.price,
             ct.c.currency,

@@ -53,6 +53,20 @@ class Scorecard:
 
 
 @dataclass(frozen=True)
+class RiskBands:
+    """Where a learned model's risk score (its calibrated probability in percent) turns medium and high."""
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    medium_from: int
+    high_from: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.medium_from < self.high_from <= 100:
+            raise ValueError("need 0 < medium_from < high_from <= 100")
+
+
+@dataclass(frozen=True)
 class SegmentationConfig:
     """Thresholds for windows, buckets and inactivity."""
 
@@ -64,6 +78,7 @@ class SegmentationConfig:
     inactive_below_transactions: float
     activity_months: int
     scorecard: Scorecard
+    model_bands: RiskBands = RiskBands(medium_from=30, high_from=60)
 
     def __post_init__(self) -> None:
         _check_bands("renewal_windows", self.renewal_windows)
@@ -178,15 +193,49 @@ def score_renewal_risk(
     activity = _points(features["transactions_per_month"], card.transactions_per_month)
     renew = pd.Series(np.where(auto_renew.to_numpy(dtype=bool), 0, card.no_auto_renew), index=features.index)
     score = (tenure + late + activity + renew).clip(0, 100).astype("int64")
-    band = pd.Series(
-        np.select([score >= card.high_from, score >= card.medium_from], ["high", "medium"], default="low"),
-        index=features.index,
-    )
+    band = band_of(score, card.medium_from, card.high_from)
     parts = pd.DataFrame(
         {"tenure": tenure, "late_payments": late, "low_activity": activity, "no_auto_renew": renew}
     )
     factors = _top_factors(parts)
     return score, band, factors
+
+
+@dataclass(frozen=True, eq=False)
+class ModelRisk:
+    """A learned model's scores: its version and, per open contract, the probability and reasons."""
+
+    version: str
+    contract_key: pd.Series
+    probability: pd.Series
+    reasons: pd.Series
+
+
+def band_of(score: pd.Series, medium_from: int, high_from: int) -> pd.Series:
+    """Return "low", "medium" or "high" per 0..100 score."""
+    return pd.Series(
+        np.select([score >= high_from, score >= medium_from], ["high", "medium"], default="low"),
+        index=score.index,
+    )
+
+
+def _apply_model(out: pd.DataFrame, model: ModelRisk, bands: RiskBands) -> None:
+    """Replace the scorecard's score, band and version with the model's where it scored the contract."""
+    # The scorecard's points stay in risk_factors: cheap to keep, and they let the two be compared.
+    by_key = pd.DataFrame(
+        {"probability": model.probability.to_numpy(), "reasons": model.reasons.to_numpy()},
+        index=pd.Index(model.contract_key.to_numpy(), name="contract_key"),
+    )
+    by_key = by_key[~by_key.index.duplicated()]
+    joined = by_key.reindex(out["contract_key"].to_numpy())
+    scored = joined["probability"].notna().to_numpy()
+    score = pd.Series(
+        np.rint(np.clip(joined["probability"].to_numpy(dtype=np.float64) * 100, 0, 100)), index=out.index
+    )
+    out.loc[scored, "risk_score"] = score[scored].astype("int64")
+    out.loc[scored, "risk_band"] = band_of(score, bands.medium_from, bands.high_from)[scored]
+    out.loc[scored, "risk_reasons"] = joined["reasons"].fillna("").to_numpy()[scored]
+    out.loc[scored, "model_version"] = model.version
 
 
 def _top_factors(parts: pd.DataFrame) -> pd.Series:
@@ -216,8 +265,9 @@ def segment_contracts(
     activity: pd.DataFrame,
     as_of: date,
     config: SegmentationConfig,
+    model: ModelRisk | None = None,
 ) -> pd.DataFrame:
-    """Return one segment row per contract with its features, score, band and primary segment."""
+    """Return one segment row per contract: features, score and band (the model's, if given), segment."""
     today = pd.Timestamp(as_of)
     contract_customer = contracts.set_index("contract_key")["customer_key"]
     inst_customer = instalments["contract_key"].map(contract_customer)
@@ -246,6 +296,9 @@ def segment_contracts(
     out["risk_band"] = band.to_numpy()
     out["risk_factors"] = factors.to_numpy()
     out["model_version"] = SCORECARD_VERSION
+    out["risk_reasons"] = pd.Series(None, index=out.index, dtype="object")
+    if model is not None:
+        _apply_model(out, model, config.model_bands)
 
     days = out["days_to_term_end"]
     in_window = (days >= 0) & (days <= config.renewal_due_days)

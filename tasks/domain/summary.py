@@ -66,7 +66,8 @@ def _stage_text(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             (
                 "segment",
                 f"{s['contracts']:,} contracts of {s['customers']:,} customers",
-                _fmt(s["by_segment"], limit=7) + f" ({s.get('model_version', '')})",
+                _fmt(s["by_segment"], limit=7)
+                + (f"; model {s['model_version']}" if s.get("model_version") else ""),
             )
         )
     if "plan" in st:

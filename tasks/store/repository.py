@@ -217,7 +217,7 @@ def cycle_row(conn: Connection, cycle_id: int) -> dict[str, Any]:
 
 
 def read_segment_inputs(conn: Connection, markets: Sequence[str]) -> dict[Entity, pd.DataFrame]:
-    """Return customers, contracts, instalments and activity of the given markets."""
+    """Return customers, contracts, instalments and activity of the given markets (segments and models)."""
     cust = s.customers
     customers = read_frame(
         conn,
@@ -238,15 +238,21 @@ def read_segment_inputs(conn: Connection, markets: Sequence[str]) -> dict[Entity
             ct.c.auto_renew,
             ct.c.price,
             ct.c.currency,
+            ct.c.renewed_at,
         ).where(ct.c.customer_key.in_(in_markets)),
     )
     contracts = contracts[contracts["customer_key"].isin(customers["customer_key"])].reset_index(drop=True)
     inst = s.instalments
     instalments = read_frame(
         conn,
-        select(inst.c.instalment_key, inst.c.contract_key, inst.c.due_date, inst.c.paid_date).where(
-            inst.c.contract_key.in_(select(ct.c.contract_key).where(ct.c.customer_key.in_(in_markets)))
-        ),
+        select(
+            inst.c.instalment_key,
+            inst.c.contract_key,
+            inst.c.due_date,
+            inst.c.paid_date,
+            inst.c.amount,
+            inst.c.currency,
+        ).where(inst.c.contract_key.in_(select(ct.c.contract_key).where(ct.c.customer_key.in_(in_markets)))),
     )
     act = s.activity
     activity = read_frame(
@@ -709,3 +715,69 @@ def previous_cycles_today(conn: Connection, as_of: date, playbook: str, markets:
         )
     )
     return int(conn.execute(stmt).scalar_one())
+
+
+# --- risk models ----------------------------------------------------------------------------------
+
+MODEL_SUMMARY_COLUMNS = [c for c in s.model_versions.columns if c.name not in ("artifact", "report_md")]
+
+
+def store_model_version(conn: Connection, row: dict[str, Any]) -> str:
+    """Store a trained model as a candidate and return its status; an active version is left as it is."""
+    # Versions name the training windows and day, so a rerun the same day trains the same version again.
+    mv = s.model_versions
+    status = conn.execute(select(mv.c.status).where(mv.c.version == row["version"])).scalar_one_or_none()
+    if status == "active":
+        return "active"
+    values = {**row, "status": "candidate", "activated_at": None, "retired_at": None}
+    if status is None:
+        conn.execute(insert(mv).values(**values))
+    else:
+        conn.execute(update(mv).where(mv.c.version == row["version"]).values(**values))
+    return "candidate"
+
+
+def active_model_artifact(conn: Connection, kind: str) -> tuple[str, bytes, str] | None:
+    """Return (version, artifact, stored sha256) of the active model of `kind`, or None."""
+    mv = s.model_versions
+    row = conn.execute(
+        select(mv.c.version, mv.c.artifact, mv.c.artifact_sha256).where(
+            mv.c.kind == kind, mv.c.status == "active"
+        )
+    ).one_or_none()
+    return None if row is None else (str(row.version), bytes(row.artifact), str(row.artifact_sha256))
+
+
+def activate_model(conn: Connection, kind: str, version: str, replaces: str | None, now: datetime) -> bool:
+    """Make `version` the active model of `kind` and retire `replaces`; False if the active one changed."""
+    # Checked and switched in the caller's transaction: the row lock (PostgreSQL) and the partial unique
+    # index keep a second active model of a kind out even when two trainings finish together.
+    mv = s.model_versions
+    current = select(mv.c.version).where(mv.c.kind == kind, mv.c.status == "active")
+    if conn.dialect.name == "postgresql":
+        current = current.with_for_update()
+    if conn.execute(current).scalar_one_or_none() != replaces:
+        return False
+    if replaces is not None:
+        conn.execute(update(mv).where(mv.c.version == replaces).values(status="retired", retired_at=now))
+    conn.execute(
+        update(mv)
+        .where(mv.c.version == version, mv.c.kind == kind)
+        .values(status="active", activated_at=now, retired_at=None)
+    )
+    return True
+
+
+def set_model_report(conn: Connection, version: str, report: str) -> None:
+    """Replace the stored Markdown report of a model version."""
+    mv = s.model_versions
+    conn.execute(update(mv).where(mv.c.version == version).values(report_md=report))
+
+
+def model_versions_of(conn: Connection, kind: str | None = None) -> pd.DataFrame:
+    """Return the stored models (without artifacts and reports), newest first."""
+    mv = s.model_versions
+    stmt = select(*MODEL_SUMMARY_COLUMNS).order_by(mv.c.trained_at.desc(), mv.c.version)
+    if kind is not None:
+        stmt = stmt.where(mv.c.kind == kind)
+    return read_frame(conn, stmt)

@@ -12,11 +12,13 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData(
@@ -172,6 +174,8 @@ segment_assignments = Table(
     Column("segment", String(32), nullable=False),
     Column("model_version", String(64), nullable=False),
     Column("profiling_objection", Boolean, nullable=False, server_default="0"),
+    # The score's top reasons in plain words (a model's or the scorecard's); empty on rows before 0005.
+    Column("risk_reasons", Text),
 )
 
 holdouts = Table(
@@ -412,4 +416,47 @@ points_ledger = Table(
     Column("reference", String(200), nullable=False),
     Column("created_at", UtcTime, nullable=False),
     Index("uq_points_ledger_entry", "lot_key", "kind", "reference", unique=True),
+)
+
+# --- risk models (train-risk-models flow) ---
+
+# Every trained risk model with the evidence of how good it is and its pickled artifact. The cycle scores
+# with the one `active` row of a kind; the partial unique index makes a second active row impossible even
+# when two promotions race.
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("version", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("algorithm", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("flow_run_id", String(64)),
+    Column("as_of", Date, nullable=False),
+    Column("trained_at", UtcTime, nullable=False),
+    Column("train_from", Date, nullable=False),
+    Column("train_to", Date, nullable=False),
+    Column("validation_from", Date, nullable=False),
+    Column("validation_to", Date, nullable=False),
+    Column("n_train", Integer, nullable=False),
+    Column("n_validation", Integer, nullable=False),
+    Column("base_rate_train", Float, nullable=False),
+    Column("base_rate_validation", Float, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("comparison", JSON),
+    Column("calibration", JSON, nullable=False),
+    Column("top_features", JSON, nullable=False),
+    Column("features", JSON, nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("report_md", Text, nullable=False),
+    Column("artifact", LargeBinary, nullable=False),
+    Column("artifact_sha256", String(64), nullable=False),
+    Column("activated_at", UtcTime),
+    Column("retired_at", UtcTime),
+    Index(
+        "uq_model_versions_active",
+        "kind",
+        unique=True,
+        postgresql_where=text("status = 'active'"),
+        sqlite_where=text("status = 'active'"),
+    ),
 )
