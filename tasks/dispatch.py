@@ -4,14 +4,21 @@ A message is claimed (`sending`, with the dispatcher's id) and committed before 
 settled after it. A dispatcher that dies leaves its claims behind; they are only reconciled once the
 owner is provably gone (on PostgreSQL it holds an advisory lock while alive), so two dispatchers can
 drain one cycle side by side without ever sending a message twice.
+
+Within one dispatcher the steps overlap: the next batch is claimed and re-checked while the current
+one is sending, and outcomes are settled while the next batch sends, so the provider calls never wait
+for the database. At most one batch is claimed ahead; if dispatch stops, it is given back unsent.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -25,14 +32,24 @@ from tasks._prefect import IO_RETRIES, STEP
 from tasks.channels.base import Outbound, Sender, SendResult, SendStatus
 from tasks.channels.results import ChannelResult
 from tasks.domain.consent import Outcome, Reason, labelled, required_label
-from tasks.domain.frames import records
 from tasks.domain.markets import Market
 from tasks.gate import decide_for, decision_rows
 from tasks.runtime import get_runtime
 from tasks.store import schema as s
-from tasks.store.bulk import read_frame, update_frame
-from tasks.store.repository import audit, claim_batch, count_status, insert_decisions, set_status, utcnow
+from tasks.store.bulk import read_frame
+from tasks.store.repository import (
+    audit,
+    claim_batch,
+    count_status,
+    insert_decisions,
+    release_claims,
+    set_status,
+    settle_messages,
+    utcnow,
+)
 from tasks.tracking import CONSENT_PURPOSES, activate_fallback, in_doubt_evidence, record_consent_change
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -68,42 +85,29 @@ def dead_owners(engine: Engine, owners: set[int], mine: int) -> set[int]:
     return dead
 
 
-def _address(row: dict[str, Any]) -> str:
-    return str(row["email"] if row["channel"] == "email" else row["phone_e164"])
-
-
-def _settled(result: SendResult, now: datetime) -> dict[str, Any]:
+def _settled(result: SendResult, now: datetime) -> tuple[Any, ...]:
     rich = result if isinstance(result, ChannelResult) else None
-    return {
-        "message_key": result.message_key,
-        "status": result.status.value,
-        "provider": result.provider,
-        "provider_message_id": result.provider_message_id,
-        "error_code": result.error_code,
-        "error_class": rich.error_class.value if rich is not None and rich.error_class is not None else None,
-        "error_detail": result.error_detail,
-        "cost": float(rich.cost) if rich is not None and rich.cost is not None else None,
-        "cost_currency": rich.currency if rich is not None else None,
-        "sent_at": now if result.status is SendStatus.SENT else None,
-    }
+    return (
+        result.message_key,
+        result.status.value,
+        result.provider,
+        result.provider_message_id,
+        result.error_code,
+        rich.error_class.value if rich is not None and rich.error_class is not None else None,
+        result.error_detail,
+        rich.cost if rich is not None else None,
+        rich.currency if rich is not None else None,
+        now if result.status is SendStatus.SENT else None,
+    )
 
 
-def settle(engine: Engine, results: list[SendResult], now: datetime) -> dict[str, int]:
+def settle(engine: Engine, results: Sequence[SendResult], now: datetime) -> dict[str, int]:
     """Store outcomes; the status only replaces `sending`, so a faster webhook callback is never undone."""
     if not results:
         return {}
-    frame = pd.DataFrame([_settled(r, now) for r in results])
     follow: Counter[str] = Counter()
     with engine.begin() as conn:
-        details = frame.drop(columns=["status", "sent_at"])
-        update_frame(conn, s.messages, details.assign(updated_at=now), ["message_key"])
-        update_frame(
-            conn,
-            s.messages,
-            frame[["message_key", "status", "sent_at"]],
-            ["message_key"],
-            only_where_in=("status", ("sending",)),
-        )
+        settle_messages(conn, [_settled(r, now) for r in results], now)
         for result in results:
             if not isinstance(result, ChannelResult):
                 continue
@@ -235,14 +239,15 @@ def reconcile(
 def _label_failures(batch: pd.DataFrame, markets: Mapping[str, Market]) -> list[str]:
     """Return the message keys whose marketing content lacks the market's advertising label."""
     bad = []
-    for row in records(batch):
-        marketing = row["purpose"] == "marketing" or (
-            bool(row["has_offer"]) and not bool(row["offer_removed"])
-        )
-        market = markets.get(str(row["market"]))
-        label = required_label(market.rules, str(row["channel"]), marketing) if market else None
-        if not labelled(row["subject"] if row["channel"] == "email" else row["body"], label):
-            bad.append(str(row["message_key"]))
+    columns = ("message_key", "purpose", "has_offer", "offer_removed", "market", "channel", "subject", "body")
+    for key, purpose, has_offer, offer_removed, market_code, channel, subject, body in zip(
+        *(batch[c].tolist() for c in columns), strict=True
+    ):
+        marketing = purpose == "marketing" or (bool(has_offer) and not bool(offer_removed))
+        market = markets.get(str(market_code))
+        label = required_label(market.rules, str(channel), marketing) if market else None
+        if not labelled(subject if channel == "email" else body, label):
+            bad.append(str(key))
     return bad
 
 
@@ -309,21 +314,119 @@ def _recheck(
     return set(held["message_key"]) | set(unlabelled), tally
 
 
-def _outbound(row: dict[str, Any]) -> Outbound:
-    variables = row.get("template_variables")
-    return Outbound(
-        message_key=row["message_key"],
-        channel=row["channel"],
-        to=_address(row),
-        body=row["body"],
-        purpose=row["purpose"],
-        category=f"{row['playbook']}:{row['step']}",
-        subject=row["subject"],
-        html=row["body_html"],
-        template=row["template"],
-        locale=row["locale"],
-        variables={str(k): str(v) for k, v in variables.items()} if isinstance(variables, dict) else None,
-    )
+_OUTBOUND_COLUMNS = (
+    "message_key",
+    "channel",
+    "email",
+    "phone_e164",
+    "body",
+    "purpose",
+    "playbook",
+    "step",
+    "subject",
+    "body_html",
+    "template",
+    "locale",
+    "template_variables",
+)
+
+
+def _outbounds(frame: pd.DataFrame) -> list[Outbound]:
+    """Return the claimed rows of `frame` as messages ready to leave, in claim order."""
+    out = []
+    for (
+        key,
+        channel,
+        email,
+        phone,
+        body,
+        purpose,
+        playbook,
+        step,
+        subject,
+        html,
+        template,
+        locale,
+        values,
+    ) in zip(*(frame[c].tolist() for c in _OUTBOUND_COLUMNS), strict=True):
+        out.append(
+            Outbound(
+                message_key=key,
+                channel=channel,
+                to=str(email if channel == "email" else phone),
+                body=body,
+                purpose=purpose,
+                category=f"{playbook}:{step}",
+                subject=subject,
+                html=html,
+                template=template,
+                locale=locale,
+                variables={str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else None,
+            )
+        )
+    return out
+
+
+@dataclass
+class _Claimed:
+    """A claimed batch after the send-time re-check: the rows claimed and the messages that may go."""
+
+    frame: pd.DataFrame
+    outbound: list[Outbound]
+    held: Counter[str]
+
+    @property
+    def customers(self) -> frozenset[str]:
+        """Return the customers of the messages that may go."""
+        return frozenset(
+            self.frame.loc[
+                self.frame["message_key"].isin([m.message_key for m in self.outbound]), "customer_key"
+            ]
+        )
+
+
+def _claim(
+    engine: Engine,
+    cycle_id: int,
+    owner: int,
+    batch_size: int,
+    markets: Mapping[str, Market],
+    hash_key: bytes,
+    clock: Callable[[], datetime],
+) -> _Claimed | None:
+    """Claim the next batch and re-check it; None when nothing is left to send."""
+    now = clock()
+    # The claim commits before any provider call, so a crash leaves `sending`, never a resend.
+    with engine.begin() as conn:
+        frame = claim_batch(conn, cycle_id, batch_size, now, owner)
+    if frame.empty:
+        return None
+    stopped, held = _recheck(engine, frame, cycle_id, markets, hash_key, now)
+    sendable = frame.loc[~frame["message_key"].isin(stopped)] if stopped else frame
+    return _Claimed(frame, _outbounds(sendable), held)
+
+
+def _send(
+    senders: Mapping[str, Sender], batch: Sequence[Outbound], pool: ThreadPoolExecutor
+) -> tuple[list[SendResult], BaseException | None]:
+    """Send a batch, its channels side by side; return every result obtained and the first failure."""
+    groups: dict[str, list[Outbound]] = {}
+    for msg in batch:
+        groups.setdefault(msg.channel, []).append(msg)
+    if len(groups) == 1:
+        [(channel, messages)] = groups.items()
+        return senders[channel].send(messages), None
+    futures = [pool.submit(senders[channel].send, messages) for channel, messages in groups.items()]
+    wait(futures)
+    results: list[SendResult] = []
+    failure: BaseException | None = None
+    for future in futures:
+        error = future.exception()
+        if error is None:
+            results.extend(future.result())
+        elif failure is None:
+            failure = error
+    return results, failure
 
 
 def dispatch_cycle(
@@ -347,31 +450,58 @@ def dispatch_cycle(
     stats: Counter[str] = Counter()
     by_channel: Counter[str] = Counter()
     handled = 0
-    with dispatcher_lease(engine) as owner:
+    with (
+        dispatcher_lease(engine) as owner,
+        ThreadPoolExecutor(1, thread_name_prefix="dispatch-claim") as claimer,
+        ThreadPoolExecutor(1, thread_name_prefix="dispatch-settle") as settler,
+        ThreadPoolExecutor(max(len(senders), 1), thread_name_prefix="dispatch-send") as channels,
+    ):
         reconciled = reconcile(
             engine, cycle_id, senders, owner, clock(), lease_seconds, grace_seconds, email_events
         )
-        while True:
-            now = clock()
-            # The claim commits before any provider call, so a crash leaves `sending`, never a resend.
-            with engine.begin() as conn:
-                batch = claim_batch(conn, cycle_id, batch_size, now, owner)
-            if batch.empty:
-                break
-            stopped, held = _recheck(engine, batch, cycle_id, markets, hash_key, now)
-            stats.update(held)
-            sendable = batch.loc[~batch["message_key"].isin(stopped)]
-            results: list[SendResult] = []
-            for channel, group in sendable.groupby("channel"):
-                results.extend(senders[str(channel)].send([_outbound(r) for r in records(group)]))
-            stats.update(settle(engine, results, clock()))
-            channels = dict(zip(sendable["message_key"], sendable["channel"], strict=True))
-            for r in results:
-                stats[r.status.value] += 1
-                by_channel[f"{channels[r.message_key]}:{r.status.value}"] += 1
-            handled += len(batch)
-            if on_progress is not None:
-                on_progress(handled)
+
+        def claim_next() -> _Claimed | None:
+            return _claim(engine, cycle_id, owner, batch_size, markets, hash_key, clock)
+
+        ahead: Future[_Claimed | None] | None = claimer.submit(claim_next)
+        settling: deque[Future[dict[str, int]]] = deque()
+        # Customers of the two batches before: still unsettled while the next one was re-checked.
+        recent: deque[frozenset[str]] = deque(maxlen=2)
+        try:
+            while ahead is not None:
+                batch = ahead.result()
+                ahead = None
+                if batch is None:
+                    break
+                customers = batch.customers
+                overlap = customers & frozenset().union(*recent)
+                if overlap:
+                    # Frequency caps count sent messages: a customer met in a batch still unsettled when
+                    # this one was re-checked is re-checked once that batch is settled.
+                    while settling:
+                        stats.update(settling.popleft().result())
+                    _recheck_late(engine, batch, overlap, cycle_id, markets, hash_key, clock())
+                recent.append(customers)
+                ahead = claimer.submit(claim_next)
+                stats.update(batch.held)
+                results, failure = _send(senders, batch.outbound, channels)
+                settling.append(settler.submit(settle, engine, results, clock()))
+                channel_of = {m.message_key: m.channel for m in batch.outbound}
+                for r in results:
+                    stats[r.status.value] += 1
+                    by_channel[f"{channel_of[r.message_key]}:{r.status.value}"] += 1
+                if failure is not None:
+                    raise failure
+                handled += len(batch.frame)
+                if on_progress is not None:
+                    on_progress(handled)
+                while settling and settling[0].done():
+                    stats.update(settling.popleft().result())
+            while settling:
+                stats.update(settling.popleft().result())
+        except BaseException:
+            _wind_down(engine, ahead, settling, owner, clock())
+            raise
     return {
         "sent": stats["sent"],
         "failed": stats["failed"],
@@ -384,6 +514,49 @@ def dispatch_cycle(
         "by_channel": dict(sorted(by_channel.items())),
         "reconciled": reconciled,
     }
+
+
+def _recheck_late(
+    engine: Engine,
+    batch: _Claimed,
+    customers: frozenset[str],
+    cycle_id: int,
+    markets: Mapping[str, Market],
+    hash_key: bytes,
+    now: datetime,
+) -> None:
+    """Re-check the batch's messages to `customers` again and drop the ones that must not go now."""
+    going = {m.message_key for m in batch.outbound}
+    frame = batch.frame
+    subset = frame.loc[frame["customer_key"].isin(customers) & frame["message_key"].isin(going)]
+    stopped, held = _recheck(engine, subset, cycle_id, markets, hash_key, now)
+    batch.held.update(held)
+    if stopped:
+        batch.outbound = [m for m in batch.outbound if m.message_key not in stopped]
+
+
+def _wind_down(
+    engine: Engine,
+    ahead: Future[_Claimed | None] | None,
+    settling: deque[Future[dict[str, int]]],
+    owner: int,
+    now: datetime,
+) -> None:
+    """After a failure: store the outcomes already known and give back the batch claimed ahead."""
+    for future in settling:
+        if future.exception() is not None:
+            log.error("settling a batch failed (%s)", type(future.exception()).__name__)
+    if ahead is None or ahead.exception() is not None:
+        return
+    unsent = ahead.result()
+    if unsent is None:
+        return
+    try:
+        with engine.begin() as conn:
+            release_claims(conn, [m.message_key for m in unsent.outbound], owner, now)
+    except Exception as exc:
+        # Left as `sending`, the claims are reconciled by the next run like a crashed dispatcher's.
+        log.error("giving back %s unsent claims failed (%s)", len(unsent.outbound), type(exc).__name__)
 
 
 def merge_stats(first: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, wait
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
+from typing import Protocol, TypeVar, cast
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Limiter(Protocol):
@@ -110,3 +114,29 @@ class ConcurrencyLimiter:
         del units
         with self._slots:
             yield self._clock()
+
+
+def fan_out(pool: Executor, workers: int, items: Sequence[T], call: Callable[[T], R]) -> list[R]:
+    """Return `call(item)` for every item, in order, computed by at most `workers` tasks on `pool`.
+
+    Each task takes the next item when it is free: one task per worker rather than one per item keeps
+    the caller's cost per batch flat, and a slow call never holds up the items behind it.
+    """
+    results: list[R | None] = [None] * len(items)
+    # deque.popleft is atomic, so the workers share the queue without a lock.
+    queue = deque(enumerate(items))
+
+    def work() -> None:
+        while True:
+            try:
+                index, item = queue.popleft()
+            except IndexError:
+                return
+            results[index] = call(item)
+
+    tasks = [pool.submit(work) for _ in range(min(workers, len(items)))]
+    # Every task finishes before anything is raised: no call may still be running once this returns.
+    wait(tasks)
+    for task in tasks:
+        task.result()
+    return cast(list[R], results)

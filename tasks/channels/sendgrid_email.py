@@ -14,7 +14,7 @@ from sendgrid import SendGridAPIClient
 
 from tasks.channels.base import Outbound, SendResult, SendStatus
 from tasks.channels.errors import SENDGRID_STATUSES, Classified, ErrorClass, Rule, classify_sendgrid
-from tasks.channels.ratelimit import ConcurrencyLimiter, Limiter
+from tasks.channels.ratelimit import ConcurrencyLimiter, Limiter, fan_out
 from tasks.channels.results import ChannelResult, failed, template_fields
 from tasks.channels.retry import RetryPolicy
 from tasks.domain.messaging import locale_chain
@@ -238,7 +238,10 @@ class SendGridEmailSender:
             return []
         halted: list[Classified] = []
         done: dict[str, ChannelResult] = {}
-        for results in self._executor().map(lambda j: self._run_guarded(j, halted), self.jobs(batch)):
+        jobs = self.jobs(batch)
+        for results in fan_out(
+            self._executor(), self.concurrency, jobs, lambda j: self._run_guarded(j, halted)
+        ):
             done.update((r.message_key, r) for r in results)
         return [done[m.message_key] for m in batch]
 

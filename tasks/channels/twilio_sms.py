@@ -19,7 +19,7 @@ from twilio.rest import Client
 
 from tasks.channels.base import Outbound, SendResult, SendStatus
 from tasks.channels.errors import TWILIO_CODES, Classified, ErrorClass, Rule, classify_twilio
-from tasks.channels.ratelimit import ConcurrencyLimiter, Limiter
+from tasks.channels.ratelimit import ConcurrencyLimiter, Limiter, fan_out
 from tasks.channels.results import ChannelResult, PendingLookup, PendingMessage, failed, refusal
 from tasks.channels.retry import RetryPolicy
 from tasks.domain.messaging import sms_segments
@@ -276,7 +276,7 @@ class TwilioMessagesSender:
         if not batch:
             return []
         halted: list[Classified] = []
-        return list(self._executor().map(lambda m: self._send_guarded(m, halted), batch))
+        return fan_out(self._executor(), self.concurrency, batch, lambda m: self._send_guarded(m, halted))
 
     def _send_guarded(self, msg: Outbound, halted: list[Classified]) -> ChannelResult:
         try:

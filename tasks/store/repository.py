@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, case, func, insert, select, update
 
 from tasks.domain.consent import latest_consents
 from tasks.domain.contract import CONTRACT, Entity
@@ -596,56 +596,145 @@ def read_render_context(conn: Connection, cycle_id: int) -> pd.DataFrame:
 # --- dispatch -------------------------------------------------------------------------------------
 
 
+CLAIM_COLUMNS = (
+    "message_key",
+    "customer_key",
+    "contract_key",
+    "market",
+    "channel",
+    "rank",
+    "send_rule",
+    "purpose",
+    "has_offer",
+    "offer_removed",
+    "recipient",
+    "step",
+    "playbook",
+    "template",
+    "locale",
+    "subject",
+    "body",
+    "body_html",
+    "segments",
+    "template_variables",
+)
+CLAIM_CUSTOMER_COLUMNS = ("email", "phone_e164", "erased_at")
+
+
 def claim_batch(
     conn: Connection, cycle_id: int, limit: int, now: datetime, owner: int | None = None
 ) -> pd.DataFrame:
     """Move up to `limit` rendered messages to `sending` and return them with their addresses.
 
-    On PostgreSQL the rows are locked with SKIP LOCKED, so concurrent dispatchers never claim
-    the same message.
+    On PostgreSQL this is one statement: the rows are locked with SKIP LOCKED, so concurrent
+    dispatchers never claim the same message, and the claimed rows come back through RETURNING.
     """
     m, cust = s.messages, s.customers
     pick = select(m.c.message_key).where(m.c.cycle_id == cycle_id, m.c.status == "rendered").limit(limit)
+    claim = {
+        "status": "sending",
+        "claimed_at": now,
+        "claimed_by": owner,
+        "updated_at": now,
+        "attempts": m.c.attempts + 1,
+    }
+    names = [*CLAIM_COLUMNS, *CLAIM_CUSTOMER_COLUMNS]
     if conn.dialect.name == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
+        # MATERIALIZED: the locking pick runs once, never re-evaluated inside the UPDATE's join.
+        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        claimed = (
+            update(m)
+            .where(m.c.message_key == picked.c.message_key)
+            .values(claim)
+            .returning(*(m.c[c] for c in CLAIM_COLUMNS))
+            .cte("claimed")
+        )
+        stmt = select(
+            *(claimed.c[c] for c in CLAIM_COLUMNS), *(cust.c[c] for c in CLAIM_CUSTOMER_COLUMNS)
+        ).join_from(claimed, cust, cust.c.customer_key == claimed.c.customer_key)
+        return pd.DataFrame.from_records(list(conn.execute(stmt).tuples()), columns=names)
     keys = [r[0] for r in conn.execute(pick)]
     if not keys:
-        return pd.DataFrame()
-    conn.execute(
-        update(m)
-        .where(m.c.message_key.in_(keys), m.c.status == "rendered")
-        .values(status="sending", claimed_at=now, claimed_by=owner, updated_at=now, attempts=m.c.attempts + 1)
-    )
+        return pd.DataFrame(columns=names)
+    conn.execute(update(m).where(m.c.message_key.in_(keys), m.c.status == "rendered").values(claim))
     stmt = (
-        select(
-            m.c.message_key,
-            m.c.customer_key,
-            m.c.contract_key,
-            m.c.market,
-            m.c.channel,
-            m.c.rank,
-            m.c.send_rule,
-            m.c.purpose,
-            m.c.has_offer,
-            m.c.offer_removed,
-            m.c.recipient,
-            m.c.step,
-            m.c.playbook,
-            m.c.template,
-            m.c.locale,
-            m.c.subject,
-            m.c.body,
-            m.c.body_html,
-            m.c.segments,
-            m.c.template_variables,
-            cust.c.email,
-            cust.c.phone_e164,
-            cust.c.erased_at,
-        )
+        select(*(m.c[c] for c in CLAIM_COLUMNS), *(cust.c[c] for c in CLAIM_CUSTOMER_COLUMNS))
         .join(cust, cust.c.customer_key == m.c.customer_key)
         .where(m.c.message_key.in_(keys))
     )
-    return read_frame(conn, stmt)
+    return pd.DataFrame.from_records(list(conn.execute(stmt).tuples()), columns=names)
+
+
+def release_claims(conn: Connection, keys: Sequence[str], owner: int | None, now: datetime) -> int:
+    """Give back claimed messages that never reached a provider: `rendered` again, for any dispatcher."""
+    if not keys:
+        return 0
+    m = s.messages
+    result = conn.execute(
+        update(m)
+        .where(m.c.message_key.in_(list(keys)), m.c.status == "sending", m.c.claimed_by == owner)
+        .values(
+            status="rendered", claimed_at=None, claimed_by=None, updated_at=now, attempts=m.c.attempts - 1
+        )
+    )
+    return int(result.rowcount)
+
+
+SETTLE_COLUMNS = (
+    "message_key",
+    "status",
+    "provider",
+    "provider_message_id",
+    "error_code",
+    "error_class",
+    "error_detail",
+    "cost",
+    "cost_currency",
+    "sent_at",
+)
+_SETTLE_TYPES = ("text", "text", "text", "text", "text", "text", "text", "numeric", "text", "timestamptz")
+
+
+def settle_messages(conn: Connection, rows: Sequence[tuple[Any, ...]], now: datetime) -> int:
+    """Store send outcomes (tuples in SETTLE_COLUMNS order) in one statement; return the rows touched.
+
+    The outcome details are always stored; the status and sent_at only replace `sending`, so a webhook
+    callback that arrived first is never undone.
+    """
+    if not rows:
+        return 0
+    m = s.messages
+    if conn.dialect.name == "postgresql":
+        # One UPDATE joined to the outcomes passed as one array per column: a single plan and round trip.
+        arrays = ", ".join(f"CAST(%s AS {t}[])" for t in _SETTLE_TYPES)
+        details = ", ".join(f"{c} = v.{c}" for c in SETTLE_COLUMNS[2:-1])
+        sql = (
+            f"UPDATE messages AS t SET {details}, updated_at = %s, "
+            "status = CASE WHEN t.status = 'sending' THEN v.status ELSE t.status END, "
+            "sent_at = CASE WHEN t.status = 'sending' THEN v.sent_at ELSE t.sent_at END "
+            f"FROM unnest({arrays}) AS v({', '.join(SETTLE_COLUMNS)}) "
+            "WHERE t.message_key = v.message_key"
+        )
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        result = conn.exec_driver_sql(sql, (now, *columns))
+        return int(result.rowcount)
+    sending = m.c.status == "sending"
+    stmt = (
+        update(m)
+        .where(m.c.message_key == bindparam("k"))
+        .values(
+            {c: bindparam(f"v_{c}") for c in SETTLE_COLUMNS[2:-1]}
+            | {
+                "updated_at": now,
+                "status": case((sending, bindparam("v_status")), else_=m.c.status),
+                "sent_at": case((sending, bindparam("v_sent_at")), else_=m.c.sent_at),
+            }
+        )
+    )
+    params = [
+        {"k": r[0], **{f"v_{c}": v for c, v in zip(SETTLE_COLUMNS[1:], r[1:], strict=True)}} for r in rows
+    ]
+    return int(conn.execute(stmt, params).rowcount)
 
 
 def pending_messages(conn: Connection, keys: Sequence[str]) -> pd.DataFrame:
