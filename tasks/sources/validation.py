@@ -11,13 +11,13 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-import phonenumbers
 from babel import Locale, UnknownLocaleError
 from babel.numbers import list_currencies
 
 from tasks.domain.contract import CONTRACT, ENTITY_ORDER, Column, Entity, EntitySpec, Kind
 from tasks.domain.markets import Market
 from tasks.domain.messaging import normalise_locale
+from tasks.sources.phones import normalise_phones
 from tasks.sources.raw import RawFrame
 
 
@@ -55,10 +55,6 @@ _UNSAFE = re.compile(r"[<>]|\{\{|\}\}|\{%|%\}|\{#|#\}|[\x00-\x08\x0b\x0c\x0e-\x1
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f", ""}
 _MAX_TEXT = {Kind.NAME: 200, Kind.TEXT: 200, Kind.EMAIL: 320}
-_SMS_CAPABLE = {
-    phonenumbers.PhoneNumberType.MOBILE,
-    phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
-}
 
 
 @dataclass
@@ -129,21 +125,6 @@ def canonical_locale(tag: str) -> str | None:
         except (UnknownLocaleError, ValueError):
             return None
     return norm
-
-
-def normalise_phone(raw: str, region: str) -> tuple[str | None, str]:
-    """Return (E.164 number, "") for a valid SMS-capable number, else (None, why)."""
-    try:
-        number = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException:
-        return None, f"not a phone number (region {region})"
-    # number_type does the full metadata match that is_valid_number would repeat; UNKNOWN = invalid.
-    kind = phonenumbers.number_type(number)
-    if kind == phonenumbers.PhoneNumberType.UNKNOWN:
-        return None, f"not a valid number for its country (region {region})"
-    if kind not in _SMS_CAPABLE:
-        return None, "not a mobile number (cannot receive SMS)"
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), ""
 
 
 def _row_hash(frame: pd.DataFrame) -> pd.Series:
@@ -228,25 +209,12 @@ def _parse_column(
             value = (local_domain[0] + "@" + local_domain[1].str.lower()).where(present, None)
         return value.where(present, None)
     if kind is Kind.PHONE:
-        values: list[str | None] = [None] * len(raw)
-        bad_pos, bad_details = [], []
         region_values = regions if regions is not None else pd.Series("", index=raw.index)
-        for pos, (value, region) in enumerate(zip(raw.to_numpy(), region_values.to_numpy(), strict=True)):
-            if not value:
-                continue
-            e164, why = normalise_phone(value, region or "ZZ")
-            if e164 is None:
-                bad_pos.append(pos)
-                bad_details.append(why)
-            else:
-                values[pos] = e164
-        out = pd.Series(values, index=raw.index, dtype="object")
-        for why in sorted(set(bad_details)):
-            positions = np.array(
-                [p for p, d in zip(bad_pos, bad_details, strict=True) if d == why], dtype=int
-            )
-            problems.add_positions(positions, col.name, Reason.BAD_PHONE, why)
-        return out
+        e164, detail = normalise_phones(raw.where(present, ""), region_values)
+        bad = detail.notna()
+        for why in sorted(set(detail[bad])):
+            problems.add(bad & (detail == why), col.name, Reason.BAD_PHONE, why)
+        return e164
     if kind is Kind.LOCALE:
         uniques = {v: canonical_locale(v) for v in raw[present].unique()}
         value = raw.map(uniques)
