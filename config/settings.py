@@ -61,7 +61,16 @@ class Settings(BaseSettings):
     pii_hash_key: SecretStr = SecretStr("dev-only-pii-hash-key")
 
     batch_size: Annotated[int, Field(gt=0)] = 50_000
+    # Rows per chunk of the staged ingest (extract, validate, load): bounds their memory, not their result.
+    ingest_chunk_rows: Annotated[int, Field(gt=0)] = 500_000
     dispatch_batch_size: Annotated[int, Field(gt=0)] = 1_000
+
+    # A sharded cycle (`shards` > 1) runs each shard as a flow run of this deployment
+    # ("renewal-cycle-shard/<name>"), so workers of its work pool on any machine share the shards; left
+    # empty, the shards run one after another in the cycle's own process.
+    shard_deployment: str = ""
+    # How long a sharded cycle waits for its shard runs before it fails (they keep running).
+    shard_timeout_seconds: Annotated[float, Field(gt=0)] = 6 * 3600.0
 
     # A dispatcher's claim on messages it is sending; after this a dead dispatcher's claims are reconciled
     # (on PostgreSQL a live one is detected through its advisory lock, so this only bounds SQLite).

@@ -85,10 +85,12 @@ def demo_data(
     err.print(table)
 
 
-def _run_cycle(as_of: date | None, markets: list[str] | None, dry_run: bool, playbook: str) -> dict[str, Any]:
+def _run_cycle(
+    as_of: date | None, markets: list[str] | None, dry_run: bool, playbook: str, shards: int = 1
+) -> dict[str, Any]:
     from flows.renewal_cycle import renewal_cycle
 
-    return renewal_cycle(as_of=as_of, markets=markets, dry_run=dry_run, playbook=playbook)
+    return renewal_cycle(as_of=as_of, markets=markets, dry_run=dry_run, playbook=playbook, shards=shards)
 
 
 @run_app.command("renewal-cycle")
@@ -108,6 +110,14 @@ def run_renewal_cycle(
             help='A playbook id in config/playbooks, or "all" (config/cycle.yaml, in priority order).'
         ),
     ] = "all",
+    shards: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Split the customers into this many shards, each its own flow run (on the work pool of "
+            "RENEWALS_SHARD_DEPLOYMENT when set, else one after another here).",
+        ),
+    ] = 1,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")
     ] = False,
@@ -117,7 +127,7 @@ def run_renewal_cycle(
         _logs_to_stderr()
     try:
         summary = _run_cycle(
-            date.fromisoformat(as_of) if as_of else None, _parse_markets(markets), dry_run, playbook
+            date.fromisoformat(as_of) if as_of else None, _parse_markets(markets), dry_run, playbook, shards
         )
     except Exception as exc:
         err.print(f"[bold red]Stopped before sending:[/] {exc}")

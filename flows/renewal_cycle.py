@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import resource
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from prefect import flow
 from prefect.runtime import flow_run
+from sqlalchemy import select
 
+from flows.renewal_cycle_shard import SHARD_FINISHED, renewal_cycle_shard
+from flows.stages import CUSTOMER_STAGES, named, peak_rss_mb, run_customer_stages, timed
 from tasks._prefect import protect_run
 from tasks.cycle import fail_cycle, open_cycle, summarise
-from tasks.dispatch import dispatch
+from tasks.domain.shards import Shard, merge_stats, shards
 from tasks.extract import extract
-from tasks.gate import gate
 from tasks.load import load
-from tasks.plan import plan
-from tasks.render import render
 from tasks.runtime import get_runtime
-from tasks.segment import segment
+from tasks.store import schema as s
+from tasks.store.bulk import read_frame
 from tasks.validate import validate, validation_stats
+
+__all__ = ["named", "peak_rss_mb", "renewal_cycle", "timed"]
 
 ALL_PLAYBOOKS = "all"
 
@@ -40,28 +40,6 @@ def local_today(markets: list[str]) -> date:
     return datetime.now(ZoneInfo(zone)).date()
 
 
-@contextmanager
-def timed(seconds: dict[str, float], stage: str, rss: dict[str, float] | None = None) -> Iterator[None]:
-    """Record how long a stage took (wall clock) in `seconds`, and the process's peak RSS after it."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        seconds[stage] = round(time.perf_counter() - start, 3)
-        if rss is not None:
-            rss[stage] = round(peak_rss_mb(), 1)
-
-
-def peak_rss_mb() -> float:
-    """Return this process's peak resident set size so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def named(step: Any, label: str) -> Any:
-    """Return the task with a run name saying market, day and playbook ("segment DE 2026-11-22 all")."""
-    return step.with_options(task_run_name=f"{step.name} {label}")
-
-
 def resolve_playbooks(playbook: str) -> list[str]:
     """Return the playbooks to run: the one named, or all of config/cycle.yaml in priority order."""
     return list(get_runtime().cycle.playbooks) if playbook == ALL_PLAYBOOKS else [playbook]
@@ -71,7 +49,102 @@ def _run_name() -> str:
     params = flow_run.parameters
     markets = ",".join(sorted({str(m).strip().upper() for m in params.get("markets") or []})) or "all"
     day = params.get("as_of") or "today"
-    return f"renewal-cycle {markets} {day} {params.get('playbook', ALL_PLAYBOOKS)}"
+    split = int(params.get("shards") or 1)
+    sharded = f" in {split} shards" if split > 1 else ""
+    return f"renewal-cycle {markets} {day} {params.get('playbook', ALL_PLAYBOOKS)}{sharded}"
+
+
+def shard_parameters(
+    cycle_id: int, day: date, codes: list[str], books: list[str], dry_run: bool, shard: Shard
+) -> dict[str, Any]:
+    """Return the parameters of one shard's flow run (keys and codes only, never personal data)."""
+    return {
+        "cycle_id": cycle_id,
+        "as_of": day,
+        "markets": codes,
+        "playbook_ids": books,
+        "dry_run": dry_run,
+        "shard_index": shard.index,
+        "shard_count": shard.count,
+    }
+
+
+def run_shards(
+    cycle_id: int, day: date, codes: list[str], books: list[str], dry_run: bool, count: int
+) -> list[dict[str, Any]]:
+    """Run every shard (as deployment runs on a work pool when one is configured) and return their stats."""
+    settings = get_runtime().settings
+    if settings.shard_deployment:
+        from prefect.client.schemas.objects import FlowRun
+        from prefect.deployments import run_deployment
+
+        run_ids = []
+        for shard in shards(count):
+            run = run_deployment(
+                settings.shard_deployment,
+                parameters=shard_parameters(cycle_id, day, codes, books, dry_run, shard),
+                timeout=0,
+                # A retried parent finds the shard runs it already started instead of starting more.
+                idempotency_key=f"renewal-cycle-{cycle_id}-shard-{shard.index}-of-{count}",
+            )
+            assert isinstance(run, FlowRun)  # the sync call in a sync flow returns the run, not a coroutine
+            run_ids.append(run.id)
+        wait_for_runs(run_ids, settings.shard_timeout_seconds)
+    else:
+        for shard in shards(count):
+            renewal_cycle_shard(**shard_parameters(cycle_id, day, codes, books, dry_run, shard))
+    return shard_results(cycle_id, count)
+
+
+def wait_for_runs(run_ids: list[Any], timeout: float, poll: float = 2.0) -> None:
+    """Wait until every flow run is final; raise naming the runs that did not complete."""
+    from prefect.client.orchestration import get_client
+
+    pending, failed = set(run_ids), []
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while pending:
+            for run_id in sorted(pending, key=str):
+                run = client.read_flow_run(run_id)
+                if run.state is not None and run.state.is_final():
+                    pending.discard(run_id)
+                    if not run.state.is_completed():
+                        failed.append(f"{run.name} ({run.state.name})")
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} shard run(s) still running after {timeout:.0f}s")
+            if pending:
+                time.sleep(poll)
+    if failed:
+        raise RuntimeError(f"shard run(s) did not complete: {', '.join(sorted(failed))}")
+
+
+def shard_results(cycle_id: int, count: int) -> list[dict[str, Any]]:
+    """Return each shard's stats as its flow run recorded them in the audit log (the latest per shard)."""
+    a = s.audit_log
+    with get_runtime().engine.connect() as conn:
+        rows = read_frame(
+            conn,
+            select(a.c.subject_key, a.c.details)
+            .where(a.c.action == SHARD_FINISHED, a.c.cycle_id == cycle_id)
+            .order_by(a.c.at),
+        )
+    latest = dict(zip(rows["subject_key"], rows["details"], strict=True))
+    missing = [shard.label for shard in shards(count) if shard.label not in latest]
+    if missing:
+        raise RuntimeError(f"cycle {cycle_id}: shard(s) {', '.join(missing)} recorded no result")
+    return [latest[shard.label] for shard in shards(count)]
+
+
+def merge_shards(
+    parts: list[dict[str, Any]], out: tuple[dict[str, Any], dict[str, float], dict[str, float]]
+) -> None:
+    """Add the shards' stats to the cycle's: counts summed, seconds and peak RSS the largest shard's."""
+    stages, seconds, rss = out
+    for stage in CUSTOMER_STAGES:
+        stages[stage] = merge_stats(p["stages"][stage] for p in parts if stage in p["stages"])
+        seconds[stage] = max(float(p["seconds"].get(stage, 0.0)) for p in parts)
+    for key in {k for p in parts for k in p["peak_rss_mb"]}:
+        rss[f"shard-{key}"] = max(float(p["peak_rss_mb"].get(key, 0.0)) for p in parts)
 
 
 @flow(name="renewal-cycle", flow_run_name=_run_name, retries=0)
@@ -80,12 +153,19 @@ def renewal_cycle(
     markets: list[str] | None = None,
     dry_run: bool = False,
     playbook: str = ALL_PLAYBOOKS,
+    shards: int = 1,
 ) -> dict[str, Any]:
     """Run one cycle for `as_of` (default: today in the market's zone) and return its summary.
 
     `playbook` is one playbook id, or "all" for every playbook of config/cycle.yaml in priority order.
+    With `shards` > 1 the customers are split by a hash of their key and each shard runs segment to
+    dispatch as its own flow run (of `RENEWALS_SHARD_DEPLOYMENT` when set); the summary is the same.
     """
-    protect_run({"as_of": as_of, "markets": markets, "dry_run": dry_run, "playbook": playbook})
+    protect_run(
+        {"as_of": as_of, "markets": markets, "dry_run": dry_run, "playbook": playbook, "shards": shards}
+    )
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
     codes = resolve_markets(markets)
     day = as_of or local_today(codes)
     books = resolve_playbooks(playbook)
@@ -101,6 +181,7 @@ def renewal_cycle(
         "playbook": playbook,
         "playbook_ids": ",".join(books),
         "dry_run": dry_run,
+        "shards": shards,
         "status": "completed",
         "stages": stages,
         "seconds": seconds,
@@ -114,16 +195,12 @@ def renewal_cycle(
         stages["validate"] = validation_stats(validated)
         with timed(seconds, "load", rss):
             stages["load"] = named(load, label)(validated, cycle_id)
-        with timed(seconds, "segment", rss):
-            stages["segment"] = named(segment, label)(cycle_id, day, codes)
-        with timed(seconds, "plan", rss):
-            stages["plan"] = named(plan, label)(cycle_id, books, day, codes, dry_run)
-        with timed(seconds, "consent-gate", rss):
-            stages["consent-gate"] = named(gate, label)(cycle_id, codes)
-        with timed(seconds, "render", rss):
-            stages["render"] = named(render, label)(cycle_id, day)
-        with timed(seconds, "dispatch", rss):
-            stages["dispatch"] = {"skipped": True} if dry_run else named(dispatch, label)(cycle_id, day)
+        if shards == 1:
+            run_customer_stages(cycle_id, day, codes, books, dry_run, label, None, (stages, seconds, rss))
+        else:
+            with timed(seconds, "shards", rss):
+                parts = run_shards(cycle_id, day, codes, books, dry_run, shards)
+            merge_shards(parts, (stages, seconds, rss))
     except Exception as exc:
         fail_cycle(cycle_id, base, exc)
         raise

@@ -33,6 +33,7 @@ from tasks.channels.base import Outbound, Sender, SendResult, SendStatus
 from tasks.channels.results import ChannelResult
 from tasks.domain.consent import Outcome, Reason, labelled, required_label
 from tasks.domain.markets import Market
+from tasks.domain.shards import Shard
 from tasks.gate import decide_for, decision_rows
 from tasks.runtime import get_runtime
 from tasks.store import schema as s
@@ -47,6 +48,7 @@ from tasks.store.repository import (
     settle_messages,
     utcnow,
 )
+from tasks.store.sharding import in_shard
 from tasks.tracking import CONSENT_PURPOSES, activate_fallback, in_doubt_evidence, record_consent_change
 
 log = logging.getLogger(__name__)
@@ -147,6 +149,7 @@ def reconcile(
     lease_seconds: float,
     grace_seconds: float,
     email_events: bool,
+    shard: Shard | None = None,
 ) -> dict[str, int]:
     """Settle messages whose outcome was lost: a dead dispatcher's `sending` claims and `in_doubt` sends.
 
@@ -159,7 +162,7 @@ def reconcile(
         rows = read_frame(
             conn,
             select(m.c.message_key, m.c.channel, m.c.status, m.c.claimed_at, m.c.claimed_by).where(
-                m.c.status.in_(["sending", "in_doubt"])
+                m.c.status.in_(["sending", "in_doubt"]), in_shard(m.c.customer_key, shard)
             ),
         )
     if rows.empty:
@@ -393,12 +396,13 @@ def _claim(
     markets: Mapping[str, Market],
     hash_key: bytes,
     clock: Callable[[], datetime],
+    shard: Shard | None = None,
 ) -> _Claimed | None:
     """Claim the next batch and re-check it; None when nothing is left to send."""
     now = clock()
     # The claim commits before any provider call, so a crash leaves `sending`, never a resend.
     with engine.begin() as conn:
-        frame = claim_batch(conn, cycle_id, batch_size, now, owner)
+        frame = claim_batch(conn, cycle_id, batch_size, now, owner, shard)
     if frame.empty:
         return None
     stopped, held = _recheck(engine, frame, cycle_id, markets, hash_key, now)
@@ -442,8 +446,9 @@ def dispatch_cycle(
     grace_seconds: float = 900.0,
     email_events: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
-    """Send every rendered message of the cycle, batch by batch, re-checking consent right before sending.
+    """Send every rendered message of the cycle (of one shard), batch by batch, re-checking consent first.
 
     `on_progress` is told how many messages have been handled after each batch.
     """
@@ -457,11 +462,11 @@ def dispatch_cycle(
         ThreadPoolExecutor(max(len(senders), 1), thread_name_prefix="dispatch-send") as channels,
     ):
         reconciled = reconcile(
-            engine, cycle_id, senders, owner, clock(), lease_seconds, grace_seconds, email_events
+            engine, cycle_id, senders, owner, clock(), lease_seconds, grace_seconds, email_events, shard
         )
 
         def claim_next() -> _Claimed | None:
-            return _claim(engine, cycle_id, owner, batch_size, markets, hash_key, clock)
+            return _claim(engine, cycle_id, owner, batch_size, markets, hash_key, clock, shard)
 
         ahead: Future[_Claimed | None] | None = claimer.submit(claim_next)
         settling: deque[Future[dict[str, int]]] = deque()
@@ -573,7 +578,7 @@ def merge_stats(first: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
 
 
 @task(name="dispatch", **STEP, **IO_RETRIES)
-def dispatch(cycle_id: int, as_of: Any = None) -> dict[str, Any]:
+def dispatch(cycle_id: int, as_of: Any = None, shard: Shard | None = None) -> dict[str, Any]:
     """Send the cycle's rendered messages; fallbacks and offer-less re-renders get up to two more rounds."""
     from tasks.render import render_queued
 
@@ -581,7 +586,7 @@ def dispatch(cycle_id: int, as_of: Any = None) -> dict[str, Any]:
     senders = {c: rt.sender(c) for c in ("email", "sms", "whatsapp")}
     settings = rt.settings
     with rt.engine.connect() as conn:
-        total = count_status(conn, cycle_id, "rendered")
+        total = count_status(conn, cycle_id, "rendered", shard)
     progress = create_progress_artifact(
         progress=0.0, key="dispatch-progress", description=f"Cycle {cycle_id}: {total:,} messages to send"
     )
@@ -602,6 +607,7 @@ def dispatch(cycle_id: int, as_of: Any = None) -> dict[str, Any]:
             grace_seconds=settings.in_doubt_grace_seconds,
             email_events=bool(settings.sendgrid_webhook_public_key.get_secret_value()),
             on_progress=report,
+            shard=shard,
         )
 
     stats = run()
@@ -609,7 +615,7 @@ def dispatch(cycle_id: int, as_of: Any = None) -> dict[str, Any]:
     for _ in range(2):
         if not (stats.get("fallback_queued") or stats.get("rerender_without_offer")):
             break
-        render_queued(cycle_id, as_of)
+        render_queued(cycle_id, as_of, shard)
         stats = merge_stats(stats, run())
     get_run_logger().info(
         "dispatched: %s sent, %s failed, %s in doubt, %s blocked and %s deferred at send, %s fallbacks",

@@ -30,11 +30,13 @@ from tasks.domain.consent import (
 )
 from tasks.domain.markets import Market
 from tasks.domain.rules import MarketRules
+from tasks.domain.shards import Shard
 from tasks.domain.summary import counts
 from tasks.runtime import get_runtime
 from tasks.store import schema as s
 from tasks.store.bulk import read_frame
 from tasks.store.repository import insert_decisions, insert_ignore, pii_hash, set_status, utcnow
+from tasks.store.sharding import in_shard
 
 PURPOSE_ORDER = {"service": 0, "dunning": 1, "marketing": 2}
 
@@ -309,7 +311,11 @@ def gate_messages(
 
 
 def released_deferred(
-    conn: Connection, now: datetime, markets: Sequence[str] | None, playbook: str | None
+    conn: Connection,
+    now: datetime,
+    markets: Sequence[str] | None,
+    playbook: str | None,
+    shard: Shard | None = None,
 ) -> pd.DataFrame:
     """Return deferred messages whose slot has come (all playbooks and markets when not given)."""
     m = s.messages
@@ -324,7 +330,7 @@ def released_deferred(
         m.c.purpose,
         m.c.has_offer,
         m.c.recipient,
-    ).where(m.c.status == "deferred", m.c.deferred_until <= now)
+    ).where(m.c.status == "deferred", m.c.deferred_until <= now, in_shard(m.c.customer_key, shard))
     if markets:
         stmt = stmt.where(m.c.market.in_(list(markets)))
     if playbook:
@@ -340,6 +346,7 @@ def gate_cycle(
     now: datetime,
     cycle_markets: Sequence[str] | None = None,
     playbook: str | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Decide the cycle's planned messages, and release deferred ones whose allowed slot has come."""
     m = s.messages
@@ -356,16 +363,18 @@ def gate_cycle(
             m.c.purpose,
             m.c.has_offer,
             m.c.recipient,
-        ).where(m.c.cycle_id == cycle_id, m.c.status == "planned"),
+        ).where(m.c.cycle_id == cycle_id, m.c.status == "planned", in_shard(m.c.customer_key, shard)),
     )
     stats = gate_messages(conn, planned, cycle_id, "plan", markets, hash_key, now)
-    released = released_deferred(conn, now, cycle_markets, playbook)
+    released = released_deferred(conn, now, cycle_markets, playbook, shard)
     stats["released"] = gate_messages(conn, released, cycle_id, "release", markets, hash_key, now)
     return stats
 
 
 @task(name="consent-gate", **STEP)
-def gate(cycle_id: int, markets: list[str] | None = None, playbook: str | None = None) -> dict[str, Any]:
+def gate(
+    cycle_id: int, markets: list[str] | None = None, playbook: str | None = None, shard: Shard | None = None
+) -> dict[str, Any]:
     """Run the consent gate over the cycle's planned messages and release due deferred ones."""
     rt = get_runtime()
     with rt.engine.begin() as conn:
@@ -377,6 +386,7 @@ def gate(cycle_id: int, markets: list[str] | None = None, playbook: str | None =
             utcnow(),
             markets,
             playbook,
+            shard,
         )
     get_run_logger().info(
         "gate (%s): %s; released %s deferred",

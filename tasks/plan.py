@@ -26,6 +26,7 @@ from tasks.domain.planning import (
     split_holdout,
 )
 from tasks.domain.playbook import Playbook, PlaybookKind
+from tasks.domain.shards import Shard
 from tasks.domain.summary import counts
 from tasks.runtime import get_runtime
 from tasks.store import schema as s
@@ -41,6 +42,7 @@ from tasks.store.repository import (
     read_unpaid_instalments,
     utcnow,
 )
+from tasks.store.sharding import in_shard
 
 OPEN_STATUSES = ("planned", "queued", "rendered")
 WAITING_STATUSES = (*OPEN_STATUSES, "deferred", "standby")
@@ -66,9 +68,12 @@ def _existing(conn: Connection, keys: pd.Series) -> pd.DataFrame:
 class Targets:
     """Reads what each kind of playbook works on, once per cycle."""
 
-    def __init__(self, conn: Connection, cycle_id: int, as_of: date, markets: list[str]) -> None:
+    def __init__(
+        self, conn: Connection, cycle_id: int, as_of: date, markets: list[str], shard: Shard | None = None
+    ) -> None:
         self.conn, self.cycle_id, self.as_of, self.markets = conn, cycle_id, as_of, markets
-        self.segments = read_segments(conn, cycle_id)
+        self.shard = shard
+        self.segments = read_segments(conn, cycle_id, shard)
         self._cache: dict[PlaybookKind, pd.DataFrame] = {}
 
     def for_playbook(self, book: Playbook) -> pd.DataFrame:
@@ -83,15 +88,19 @@ class Targets:
         if book.kind is PlaybookKind.RENEWAL:
             return renewal_targets(self.segments)
         if book.kind is PlaybookKind.REPAYMENT:
-            return repayment_targets(read_unpaid_instalments(self.conn, self.cycle_id, since), self.segments)
+            return repayment_targets(
+                read_unpaid_instalments(self.conn, self.cycle_id, since, self.shard), self.segments
+            )
         if book.kind is PlaybookKind.WINBACK:
-            return renewal_targets(read_lapsed_contracts(self.conn, self.markets, since))
+            return renewal_targets(read_lapsed_contracts(self.conn, self.markets, since, self.shard))
         return activity_targets(
             self.segments, last_activity(self.conn, self.segments["customer_key"].tolist())
         )
 
 
-def cancel_paid(conn: Connection, playbooks: Sequence[Playbook], markets: list[str]) -> int:
+def cancel_paid(
+    conn: Connection, playbooks: Sequence[Playbook], markets: list[str], shard: Shard | None = None
+) -> int:
     """Cancel unsent ladder steps of instalments that are now paid (the billing sync just loaded them)."""
     ladders = [b.id for b in playbooks if b.kind is PlaybookKind.REPAYMENT]
     if not ladders:
@@ -100,7 +109,10 @@ def cancel_paid(conn: Connection, playbooks: Sequence[Playbook], markets: list[s
     waiting = read_frame(
         conn,
         select(m.c.message_key, m.c.playbook).where(
-            m.c.playbook.in_(ladders), m.c.status.in_(WAITING_STATUSES), m.c.market.in_(markets)
+            m.c.playbook.in_(ladders),
+            m.c.status.in_(WAITING_STATUSES),
+            m.c.market.in_(markets),
+            in_shard(m.c.customer_key, shard),
         ),
     )
     if waiting.empty:
@@ -131,6 +143,7 @@ def plan_playbook(
     markets: list[str],
     dry_run: bool,
     busy: set[str],
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Plan one playbook: new candidates stored, unfinished ones adopted, stale ones expired."""
     now = utcnow()
@@ -155,7 +168,9 @@ def plan_playbook(
         ["message_key"],
     )
     expired = (
-        0 if dry_run else _expire_stale(conn, book.id, markets, cycle_id, set(candidates["message_key"]))
+        0
+        if dry_run
+        else _expire_stale(conn, book.id, markets, cycle_id, set(candidates["message_key"]), shard)
     )
     # Only a message that goes out today makes the customer busy, not one already handled on an earlier day.
     going = set(fresh["message_key"]) | set(unfinished["message_key"])
@@ -180,12 +195,13 @@ def plan_cycle(
     as_of: date,
     markets: list[str],
     dry_run: bool,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
-    """Plan every playbook of the cycle in priority order; return per-playbook and total counts."""
+    """Plan every playbook of the cycle (for one shard's customers) in priority order; return counts."""
     books = [playbooks] if isinstance(playbooks, Playbook) else list(playbooks)
-    cancelled = 0 if dry_run else cancel_paid(conn, books, markets)
-    targets = Targets(conn, cycle_id, as_of, markets)
-    earlier = customers_contacted_on(conn, as_of, markets)
+    cancelled = 0 if dry_run else cancel_paid(conn, books, markets, shard)
+    targets = Targets(conn, cycle_id, as_of, markets, shard)
+    earlier = customers_contacted_on(conn, as_of, markets, shard)
     per_book: dict[str, dict[str, Any]] = {}
     busy_by_higher: set[str] = set()
     for book in books:
@@ -193,7 +209,7 @@ def plan_cycle(
         higher = {b.id for b in books[: books.index(book)]}
         busy = busy_by_higher | set(earlier.loc[earlier["playbook"].isin(higher), "customer_key"])
         per_book[book.id] = plan_playbook(
-            conn, cycle_id, book, targets.for_playbook(book), as_of, markets, dry_run, busy
+            conn, cycle_id, book, targets.for_playbook(book), as_of, markets, dry_run, busy, shard
         )
         busy_by_higher = busy
     totals: dict[str, Any] = {
@@ -218,7 +234,12 @@ def plan_cycle(
 
 
 def _expire_stale(
-    conn: Connection, playbook_id: str, markets: list[str], cycle_id: int, due_keys: set[str]
+    conn: Connection,
+    playbook_id: str,
+    markets: list[str],
+    cycle_id: int,
+    due_keys: set[str],
+    shard: Shard | None = None,
 ) -> int:
     """Mark unsent messages from earlier runs that are no longer due today as expired (never sent)."""
     m = s.messages
@@ -230,6 +251,8 @@ def _expire_stale(
             m.c.status.in_(OPEN_STATUSES),
             m.c.cycle_id != cycle_id,
             ~m.c.message_key.startswith(f"{DRY_PREFIX}:"),
+            # Another shard's messages are not in this shard's due keys: they are that shard's to expire.
+            in_shard(m.c.customer_key, shard),
         ),
     )
     stale = stale.loc[~stale["message_key"].isin(due_keys)]
@@ -240,13 +263,18 @@ def _expire_stale(
 
 @task(name="plan", **STEP)
 def plan(
-    cycle_id: int, playbook_ids: list[str], as_of: date, markets: list[str], dry_run: bool
+    cycle_id: int,
+    playbook_ids: list[str],
+    as_of: date,
+    markets: list[str],
+    dry_run: bool,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Plan the cycle's messages from its playbooks, in priority order."""
     rt = get_runtime()
     books = [rt.playbook(pid) for pid in playbook_ids]
     with rt.engine.begin() as conn:
-        stats = plan_cycle(conn, cycle_id, books, as_of, markets, dry_run)
+        stats = plan_cycle(conn, cycle_id, books, as_of, markets, dry_run, shard)
     get_run_logger().info(
         "planned: %s due, %s held out, %s superseded, %s new, %s adopted, %s already handled, %s cancelled",
         stats["due_steps"],

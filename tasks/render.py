@@ -28,6 +28,7 @@ from tasks.channels.whatsapp_registry import WhatsAppRegistry
 from tasks.domain.consent import required_label
 from tasks.domain.markets import Market
 from tasks.domain.playbook import Playbook, PlaybookKind
+from tasks.domain.shards import Shard
 from tasks.runtime import get_runtime
 from tasks.store.repository import read_instalment_amounts, read_render_context, set_status, utcnow
 
@@ -194,9 +195,10 @@ def render_cycle(
     link_secret: bytes,
     link_base: str,
     unsubscribe_base: str,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
-    """Render every queued message of the cycle and store the result; failures are kept, not sent."""
-    rows = read_render_context(conn, cycle_id)
+    """Render every queued message of the cycle (of one shard) and store the result; failures are kept."""
+    rows = read_render_context(conn, cycle_id, shard)
     # Reward notices carry their own context (value, expiry, voucher code): tasks.rewards renders them.
     rows = with_instalments(conn, rows.loc[rows["playbook"] != "rewards"].reset_index(drop=True))
     out: list[dict[str, Any]] = []
@@ -280,7 +282,7 @@ def render_cycle(
     }
 
 
-def render_queued(cycle_id: int, as_of: date | None) -> dict[str, Any]:
+def render_queued(cycle_id: int, as_of: date | None, shard: Shard | None = None) -> dict[str, Any]:
     """Render the cycle's queued messages with the process runtime (used by the task and by dispatch)."""
     rt = get_runtime()
     settings = rt.settings
@@ -298,6 +300,7 @@ def render_queued(cycle_id: int, as_of: date | None) -> dict[str, Any]:
             link_secret=settings.pii_hash_key.get_secret_value().encode(),
             link_base=str(settings.renew_base_url),
             unsubscribe_base=str(settings.unsubscribe_base_url),
+            shard=shard,
         )
         # Imported here: tasks.rewards renders through this module, so a top-level import would be circular.
         from tasks.rewards import render_notifications
@@ -310,13 +313,14 @@ def render_queued(cycle_id: int, as_of: date | None) -> dict[str, Any]:
             link_secret=settings.pii_hash_key.get_secret_value().encode(),
             link_base=str(settings.renew_base_url),
             unsubscribe_base=str(settings.unsubscribe_base_url),
+            shard=shard,
         )
     return stats
 
 
 @task(name="render", **STEP)
-def render(cycle_id: int, as_of: date) -> dict[str, Any]:
+def render(cycle_id: int, as_of: date, shard: Shard | None = None) -> dict[str, Any]:
     """Render the cycle's queued messages."""
-    stats = render_queued(cycle_id, as_of)
+    stats = render_queued(cycle_id, as_of, shard)
     get_run_logger().info("rendered %s messages (%s failed)", stats["rendered"], stats["failed"])
     return stats

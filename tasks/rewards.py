@@ -54,6 +54,7 @@ from tasks.domain.rewards import (
     summary,
     to_minor,
 )
+from tasks.domain.shards import Shard
 from tasks.fulfilment import Event, Fulfiller, Grant, Outcome, Result
 from tasks.fulfilment.points import Credit, PointsFulfiller
 from tasks.fulfilment.vouchers import VoucherFulfiller, read_voucher_csv
@@ -64,6 +65,7 @@ from tasks.runtime import get_runtime
 from tasks.store import schema as s
 from tasks.store.bulk import insert_new, read_frame, update_frame
 from tasks.store.repository import audit, create_cycle, finish_cycle, insert_ignore, set_status, utcnow
+from tasks.store.sharding import in_shard
 
 REWARDS_PLAYBOOK = "rewards"
 NOTIFY_STEP = "reward-granted"
@@ -1025,6 +1027,7 @@ def render_notifications(
     link_base: str,
     unsubscribe_base: str,
     markets: Sequence[str] | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Render queued reward notifications of fulfilled rewards; waiting ones stay queued, void ones expire."""
     m, r, c, v = s.messages, s.rewards, s.customers, s.voucher_codes
@@ -1047,7 +1050,7 @@ def render_notifications(
         .join(r, r.c.message_key == m.c.message_key)
         .join(c, c.c.customer_key == m.c.customer_key)
         .outerjoin(v, v.c.reward_key == r.c.reward_key)
-        .where(m.c.playbook == REWARDS_PLAYBOOK, m.c.status == "queued")
+        .where(m.c.playbook == REWARDS_PLAYBOOK, m.c.status == "queued", in_shard(m.c.customer_key, shard))
     )
     stmt = stmt.where(m.c.market.in_(list(markets))) if markets else stmt.where(m.c.cycle_id == cycle_id)
     rows = read_frame(conn, stmt)

@@ -19,6 +19,7 @@ from tasks.domain.segmentation import (
     SegmentationConfig,
     segment_contracts,
 )
+from tasks.domain.shards import Shard
 from tasks.domain.summary import counts
 from tasks.models.explain import scorecard_factors_in_words, top_factors
 from tasks.runtime import get_runtime
@@ -34,10 +35,15 @@ def scorecard_reasons(risk_factors: pd.Series, card: Scorecard) -> pd.Series:
 
 
 def segment_cycle(
-    conn: Connection, cycle_id: int, as_of: date, markets: list[str], config: SegmentationConfig
+    conn: Connection,
+    cycle_id: int,
+    as_of: date,
+    markets: list[str],
+    config: SegmentationConfig,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
-    """Compute and store the segment rows of the cycle's open contracts; return counts."""
-    inputs = read_segment_inputs(conn, markets)
+    """Compute and store the segment rows of the cycle's open contracts (of one shard); return counts."""
+    inputs = read_segment_inputs(conn, markets, shard)
     contracts = inputs[Entity.CONTRACTS]
     open_contracts = contracts[contracts["status"] == "active"].reset_index(drop=True)
     history = (contracts, inputs[Entity.CUSTOMERS], inputs[Entity.INSTALMENTS], inputs[Entity.ACTIVITY])
@@ -56,7 +62,7 @@ def segment_cycle(
     segments.loc[by_card, "risk_reasons"] = scorecard_reasons(
         segments.loc[by_card, "risk_factors"], config.scorecard
     )
-    segments["profiling_objection"] = segments["customer_key"].isin(marketing_objectors(conn, markets))
+    segments["profiling_objection"] = segments["customer_key"].isin(marketing_objectors(conn, markets, shard))
     write_segments(conn, cycle_id, segments)
     return {
         "contracts": len(segments),
@@ -72,11 +78,11 @@ def segment_cycle(
 
 
 @task(name="segment", **STEP)
-def segment(cycle_id: int, as_of: date, markets: list[str]) -> dict[str, Any]:
+def segment(cycle_id: int, as_of: date, markets: list[str], shard: Shard | None = None) -> dict[str, Any]:
     """Score and segment the cycle's contracts."""
     rt = get_runtime()
     with rt.engine.begin() as conn:
-        stats = segment_cycle(conn, cycle_id, as_of, markets, rt.segmentation)
+        stats = segment_cycle(conn, cycle_id, as_of, markets, rt.segmentation, shard)
     get_run_logger().info(
         "segmented %s contracts with %s: %s", stats["contracts"], stats["model_version"], stats["by_segment"]
     )

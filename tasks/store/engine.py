@@ -7,6 +7,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 
+from tasks.store.sharding import SQLITE_FUNCTION, sqlite_shard_of
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Return an engine; SQLite gets WAL, foreign-key pragmas and a busy timeout."""
@@ -22,6 +24,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            dbapi_conn.create_function(SQLITE_FUNCTION, 2, sqlite_shard_of, deterministic=True)
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)

@@ -13,8 +13,10 @@ from sqlalchemy import Connection, and_, bindparam, case, func, insert, select, 
 
 from tasks.domain.consent import latest_consents
 from tasks.domain.contract import CONTRACT, Entity
+from tasks.domain.shards import Shard
 from tasks.store import schema as s
 from tasks.store.bulk import SyncStats, insert_frame, insert_new, read_frame, sync_frame, update_frame
+from tasks.store.sharding import in_shard
 
 ENTITY_TABLES = {
     Entity.CUSTOMERS: s.customers,
@@ -216,16 +218,20 @@ def cycle_row(conn: Connection, cycle_id: int) -> dict[str, Any]:
 # --- segment --------------------------------------------------------------------------------------
 
 
-def read_segment_inputs(conn: Connection, markets: Sequence[str]) -> dict[Entity, pd.DataFrame]:
+def read_segment_inputs(
+    conn: Connection, markets: Sequence[str], shard: Shard | None = None
+) -> dict[Entity, pd.DataFrame]:
     """Return customers, contracts, instalments and activity of the given markets (segments and models)."""
     cust = s.customers
     customers = read_frame(
         conn,
         select(cust.c.customer_key, cust.c.market, cust.c.customer_since).where(
-            cust.c.market.in_(list(markets)), cust.c.erased_at.is_(None)
+            cust.c.market.in_(list(markets)), cust.c.erased_at.is_(None), in_shard(cust.c.customer_key, shard)
         ),
     )
-    in_markets = select(cust.c.customer_key).where(cust.c.market.in_(list(markets)))
+    in_markets = select(cust.c.customer_key).where(
+        cust.c.market.in_(list(markets)), in_shard(cust.c.customer_key, shard)
+    )
     ct = s.contracts
     contracts = read_frame(
         conn,
@@ -270,7 +276,7 @@ def read_segment_inputs(conn: Connection, markets: Sequence[str]) -> dict[Entity
 SEGMENT_COLUMNS = [c.name for c in s.segment_assignments.columns]
 
 
-def marketing_objectors(conn: Connection, markets: Sequence[str]) -> set[str]:
+def marketing_objectors(conn: Connection, markets: Sequence[str], shard: Shard | None = None) -> set[str]:
     """Return customers whose current general marketing record is an objection (GDPR Art. 21)."""
     c, cust = s.consents, s.customers
     rows = read_frame(
@@ -285,7 +291,8 @@ def marketing_objectors(conn: Connection, markets: Sequence[str]) -> set[str]:
             c.c.withdrawn_at,
         )
         .where(c.c.channel == "all", c.c.purpose == "marketing")
-        .where(c.c.customer_key.in_(select(cust.c.customer_key).where(cust.c.market.in_(list(markets))))),
+        .where(c.c.customer_key.in_(select(cust.c.customer_key).where(cust.c.market.in_(list(markets)))))
+        .where(in_shard(c.c.customer_key, shard)),
     )
     if rows.empty:
         return set()
@@ -299,7 +306,7 @@ def write_segments(conn: Connection, cycle_id: int, frame: pd.DataFrame) -> int:
     return insert_frame(conn, s.segment_assignments, df[SEGMENT_COLUMNS])
 
 
-def read_segments(conn: Connection, cycle_id: int) -> pd.DataFrame:
+def read_segments(conn: Connection, cycle_id: int, shard: Shard | None = None) -> pd.DataFrame:
     """Return the cycle's segment rows joined with the contract fields planning needs."""
     sa_, ct = s.segment_assignments, s.contracts
     stmt = (
@@ -317,7 +324,7 @@ def read_segments(conn: Connection, cycle_id: int) -> pd.DataFrame:
             ct.c.auto_renew,
         )
         .join(ct, ct.c.contract_key == sa_.c.contract_key)
-        .where(sa_.c.cycle_id == cycle_id)
+        .where(sa_.c.cycle_id == cycle_id, in_shard(sa_.c.customer_key, shard))
     )
     return read_frame(conn, stmt)
 
@@ -325,7 +332,9 @@ def read_segments(conn: Connection, cycle_id: int) -> pd.DataFrame:
 # --- plan and gate --------------------------------------------------------------------------------
 
 
-def read_unpaid_instalments(conn: Connection, cycle_id: int, since: date) -> pd.DataFrame:
+def read_unpaid_instalments(
+    conn: Connection, cycle_id: int, since: date, shard: Shard | None = None
+) -> pd.DataFrame:
     """Return unpaid instalments due since `since` of the cycle's segmented contracts."""
     inst, sa_ = s.instalments, s.segment_assignments
     return read_frame(
@@ -333,12 +342,18 @@ def read_unpaid_instalments(conn: Connection, cycle_id: int, since: date) -> pd.
         select(inst.c.instalment_key, inst.c.contract_key, inst.c.due_date, inst.c.paid_date).where(
             inst.c.paid_date.is_(None),
             inst.c.due_date >= since,
-            inst.c.contract_key.in_(select(sa_.c.contract_key).where(sa_.c.cycle_id == cycle_id)),
+            inst.c.contract_key.in_(
+                select(sa_.c.contract_key).where(
+                    sa_.c.cycle_id == cycle_id, in_shard(sa_.c.customer_key, shard)
+                )
+            ),
         ),
     )
 
 
-def read_lapsed_contracts(conn: Connection, markets: Sequence[str], since: date) -> pd.DataFrame:
+def read_lapsed_contracts(
+    conn: Connection, markets: Sequence[str], since: date, shard: Shard | None = None
+) -> pd.DataFrame:
     """Return contracts of the markets that lapsed (ended unrenewed) since `since`, shaped like segments."""
     ct, cust = s.contracts, s.customers
     return read_frame(
@@ -358,6 +373,7 @@ def read_lapsed_contracts(conn: Connection, markets: Sequence[str], since: date)
             ct.c.term_end >= since,
             cust.c.market.in_(list(markets)),
             cust.c.erased_at.is_(None),
+            in_shard(ct.c.customer_key, shard),
         ),
     )
 
@@ -383,7 +399,9 @@ def last_activity(conn: Connection, customer_keys: Sequence[str]) -> pd.Series:
     return frame.set_index("customer_key")["last_active"]
 
 
-def customers_contacted_on(conn: Connection, day: date, markets: Sequence[str]) -> pd.DataFrame:
+def customers_contacted_on(
+    conn: Connection, day: date, markets: Sequence[str], shard: Shard | None = None
+) -> pd.DataFrame:
     """Return (customer, playbook) pairs with a message planned on `day` that is not blocked or dropped."""
     m = s.messages
     start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
@@ -396,6 +414,7 @@ def customers_contacted_on(conn: Connection, day: date, markets: Sequence[str]) 
             m.c.market.in_(list(markets)),
             m.c.status.not_in(["blocked", "expired", "cancelled", "standby"]),
             ~m.c.message_key.startswith("dry:"),
+            in_shard(m.c.customer_key, shard),
         )
         .distinct(),
     )
@@ -562,7 +581,7 @@ def read_instalment_amounts(conn: Connection, keys: Sequence[str]) -> pd.DataFra
     return pd.concat(frames, ignore_index=True)
 
 
-def read_render_context(conn: Connection, cycle_id: int) -> pd.DataFrame:
+def read_render_context(conn: Connection, cycle_id: int, shard: Shard | None = None) -> pd.DataFrame:
     """Return the queued messages of a cycle with the customer and contract fields templates use."""
     m, cust, ct = s.messages, s.customers, s.contracts
     stmt = (
@@ -588,7 +607,7 @@ def read_render_context(conn: Connection, cycle_id: int) -> pd.DataFrame:
         )
         .join(cust, cust.c.customer_key == m.c.customer_key)
         .join(ct, ct.c.contract_key == m.c.contract_key)
-        .where(m.c.cycle_id == cycle_id, m.c.status == "queued")
+        .where(m.c.cycle_id == cycle_id, m.c.status == "queued", in_shard(m.c.customer_key, shard))
     )
     return read_frame(conn, stmt)
 
@@ -622,7 +641,12 @@ CLAIM_CUSTOMER_COLUMNS = ("email", "phone_e164", "erased_at")
 
 
 def claim_batch(
-    conn: Connection, cycle_id: int, limit: int, now: datetime, owner: int | None = None
+    conn: Connection,
+    cycle_id: int,
+    limit: int,
+    now: datetime,
+    owner: int | None = None,
+    shard: Shard | None = None,
 ) -> pd.DataFrame:
     """Move up to `limit` rendered messages to `sending` and return them with their addresses.
 
@@ -630,7 +654,11 @@ def claim_batch(
     dispatchers never claim the same message, and the claimed rows come back through RETURNING.
     """
     m, cust = s.messages, s.customers
-    pick = select(m.c.message_key).where(m.c.cycle_id == cycle_id, m.c.status == "rendered").limit(limit)
+    pick = (
+        select(m.c.message_key)
+        .where(m.c.cycle_id == cycle_id, m.c.status == "rendered", in_shard(m.c.customer_key, shard))
+        .limit(limit)
+    )
     claim = {
         "status": "sending",
         "claimed_at": now,
@@ -776,10 +804,12 @@ def count_by(
     return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
-def count_status(conn: Connection, cycle_id: int, status: str) -> int:
-    """Return how many of the cycle's messages are in `status`."""
+def count_status(conn: Connection, cycle_id: int, status: str, shard: Shard | None = None) -> int:
+    """Return how many of the cycle's messages (of one shard, when given) are in `status`."""
     m = s.messages
-    stmt = select(func.count()).where(m.c.cycle_id == cycle_id, m.c.status == status)
+    stmt = select(func.count()).where(
+        m.c.cycle_id == cycle_id, m.c.status == status, in_shard(m.c.customer_key, shard)
+    )
     return int(conn.execute(stmt).scalar_one())
 
 

@@ -1,0 +1,75 @@
+"""One shard of a renewal cycle: segment to dispatch for the customers whose key hashes to the shard."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.stages import peak_rss_mb, run_customer_stages
+from tasks._prefect import protect_run
+from tasks.domain.shards import Shard
+from tasks.runtime import get_runtime
+from tasks.store.repository import audit
+
+SHARD_FINISHED = "shard.finished"
+
+
+def _run_name() -> str:
+    params = flow_run.parameters
+    markets = ",".join(params.get("markets") or []) or "all"
+    return (
+        f"renewal-cycle-shard {markets} {params.get('as_of')} "
+        f"{int(params.get('shard_index', 0)) + 1}/{params.get('shard_count')}"
+    )
+
+
+@flow(name="renewal-cycle-shard", flow_run_name=_run_name, retries=0)
+def renewal_cycle_shard(
+    cycle_id: int,
+    as_of: date,
+    markets: list[str],
+    playbook_ids: list[str],
+    dry_run: bool,
+    shard_index: int,
+    shard_count: int,
+) -> dict[str, Any]:
+    """Run the per-customer stages of an open cycle for one shard; its stats go to the audit log."""
+    protect_run(
+        {
+            "cycle_id": cycle_id,
+            "as_of": as_of,
+            "markets": markets,
+            "playbook_ids": playbook_ids,
+            "dry_run": dry_run,
+            "shard_index": shard_index,
+            "shard_count": shard_count,
+        }
+    )
+    shard = Shard(shard_index, shard_count)
+    label = f"{','.join(markets)} {as_of.isoformat()} {','.join(playbook_ids)} shard {shard.label}"
+    result: dict[str, Any] = {"stages": {}, "seconds": {}, "peak_rss_mb": {}}
+    run_customer_stages(
+        cycle_id,
+        as_of,
+        markets,
+        playbook_ids,
+        dry_run,
+        label,
+        shard,
+        (result["stages"], result["seconds"], result["peak_rss_mb"]),
+    )
+    result["peak_rss_mb"]["shard"] = round(peak_rss_mb(), 1)
+    # The parent may be on another machine: the store, not a Prefect result, carries the counts back.
+    with get_runtime().engine.begin() as conn:
+        audit(
+            conn,
+            SHARD_FINISHED,
+            cycle_id=cycle_id,
+            subject_type="shard",
+            subject_key=shard.label,
+            details=result,
+        )
+    return result
