@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from tasks.channels.whatsapp_registry import load_whatsapp_registry
 from tasks.dispatch import dispatch_cycle
 from tasks.domain.contract import Entity
 from tasks.domain.markets import Market
+from tasks.domain.playbook import Playbook
 from tasks.gate import gate_cycle
 from tasks.load import load_validated
 from tasks.plan import plan_cycle
@@ -29,6 +31,12 @@ from tests.fakes.senders import FakeSender
 from tests.support.factories import ROOT, markets
 
 HASH_KEY = b"test-hash-key"
+
+
+@cache
+def _playbook(playbook_id: str) -> Playbook:
+    """Return a playbook of the project config, read once per test process like the runtime does."""
+    return load_playbook(ROOT / "config", playbook_id)
 
 
 @dataclass
@@ -83,7 +91,7 @@ class Pipeline:
                 conn,
                 cycle_id,
                 Renderer(ROOT / "templates"),
-                lambda pid: load_playbook(ROOT / "config", pid),
+                _playbook,
                 as_of,
                 markets=self.markets,
                 whatsapp=load_whatsapp_registry(ROOT / "config/whatsapp_templates.yaml"),
