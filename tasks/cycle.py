@@ -118,6 +118,11 @@ def cycle_tables(conn: Connection, cycle_id: int, summary: dict[str, Any]) -> di
     }
 
 
+# The worklist is sorted by value at risk; a specialist works from the top, and a table artifact of a
+# whole large portfolio's escalations would be megabytes the UI cannot page through.
+WORKLIST_ARTIFACT_ROWS = 1_000
+
+
 def publish(cycle_id: int, summary: dict[str, Any], tables: dict[str, list[dict[str, Any]]]) -> None:
     """Publish the summary (Markdown with links to the tables) and the tables as Prefect artifacts."""
     names = {
@@ -140,10 +145,14 @@ def publish(cycle_id: int, summary: dict[str, Any], tables: dict[str, list[dict[
         description=f"Cycle {cycle_id}: {summary['headline']}",
     )
     for name, rows in tables.items():
+        shown = rows[:WORKLIST_ARTIFACT_ROWS] if name == "worklist" else rows
+        more = (
+            f"; the first {len(shown):,} of {len(rows):,} (all: `renewals worklist`)" if shown != rows else ""
+        )
         create_table_artifact(
-            table=rows or [{"note": "nothing in this cycle"}],
+            table=shown or [{"note": "nothing in this cycle"}],
             key=TABLE_KEYS[name],
-            description=f"Cycle {cycle_id}: {names[name]}",
+            description=f"Cycle {cycle_id}: {names[name]}{more}",
         )
 
 
