@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     shard_deployment: str = ""
     # How long a sharded cycle waits for its shard runs before it fails (they keep running).
     shard_timeout_seconds: Annotated[float, Field(gt=0)] = 6 * 3600.0
+    # A Dask scheduler (tcp://host:8786): without a shard deployment, a sharded cycle submits its shards as
+    # tasks to this cluster through prefect-dask's DaskTaskRunner, so they run side by side on its workers
+    # (which need the same code and RENEWALS_* settings).
+    dask_address: str = ""
 
     # A dispatcher's claim on messages it is sending; after this a dead dispatcher's claims are reconciled
     # (on PostgreSQL a live one is detected through its advisory lock, so this only bounds SQLite).

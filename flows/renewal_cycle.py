@@ -11,7 +11,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from sqlalchemy import select
 
-from flows.renewal_cycle_shard import SHARD_FINISHED, renewal_cycle_shard
+from flows.renewal_cycle_shard import SHARD_FINISHED, renewal_cycle_shard, shards_on_task_runner
 from flows.stages import CUSTOMER_STAGES, named, peak_rss_mb, run_customer_stages, timed
 from tasks._prefect import protect_run
 from tasks.cycle import fail_cycle, open_cycle, summarise
@@ -72,7 +72,7 @@ def shard_parameters(
 def run_shards(
     cycle_id: int, day: date, codes: list[str], books: list[str], dry_run: bool, count: int
 ) -> list[dict[str, Any]]:
-    """Run every shard (as deployment runs on a work pool when one is configured) and return their stats."""
+    """Run every shard (on a work pool or a Dask cluster when configured) and return their stats."""
     settings = get_runtime().settings
     if settings.shard_deployment:
         from prefect.client.schemas.objects import FlowRun
@@ -90,6 +90,14 @@ def run_shards(
             assert isinstance(run, FlowRun)  # the sync call in a sync flow returns the run, not a coroutine
             run_ids.append(run.id)
         wait_for_runs(run_ids, settings.shard_timeout_seconds)
+    elif settings.dask_address:
+        from prefect_dask.task_runners import DaskTaskRunner
+
+        # DaskTaskRunner subclasses the unparameterised TaskRunner, which mypy cannot match to the flow's.
+        runner: Any = DaskTaskRunner(address=settings.dask_address)
+        shards_on_task_runner.with_options(task_runner=runner)(
+            [shard_parameters(cycle_id, day, codes, books, dry_run, shard) for shard in shards(count)]
+        )
     else:
         for shard in shards(count):
             renewal_cycle_shard(**shard_parameters(cycle_id, day, codes, books, dry_run, shard))

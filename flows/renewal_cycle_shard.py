@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from prefect import flow
+from prefect import flow, task
+from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from flows.stages import peak_rss_mb, run_customer_stages
-from tasks._prefect import protect_run
+from tasks._prefect import STEP, protect_run
 from tasks.domain.shards import Shard
 from tasks.runtime import get_runtime
 from tasks.store.repository import audit
@@ -26,8 +27,7 @@ def _run_name() -> str:
     )
 
 
-@flow(name="renewal-cycle-shard", flow_run_name=_run_name, retries=0)
-def renewal_cycle_shard(
+def run_shard(
     cycle_id: int,
     as_of: date,
     markets: list[str],
@@ -36,18 +36,7 @@ def renewal_cycle_shard(
     shard_index: int,
     shard_count: int,
 ) -> dict[str, Any]:
-    """Run the per-customer stages of an open cycle for one shard; its stats go to the audit log."""
-    protect_run(
-        {
-            "cycle_id": cycle_id,
-            "as_of": as_of,
-            "markets": markets,
-            "playbook_ids": playbook_ids,
-            "dry_run": dry_run,
-            "shard_index": shard_index,
-            "shard_count": shard_count,
-        }
-    )
+    """Run the per-customer stages of an open cycle for one shard; record its stats in the audit log."""
     shard = Shard(shard_index, shard_count)
     label = f"{','.join(markets)} {as_of.isoformat()} {','.join(playbook_ids)} shard {shard.label}"
     result: dict[str, Any] = {"stages": {}, "seconds": {}, "peak_rss_mb": {}}
@@ -73,3 +62,42 @@ def renewal_cycle_shard(
             details=result,
         )
     return result
+
+
+@flow(name="renewal-cycle-shard", flow_run_name=_run_name, retries=0)
+def renewal_cycle_shard(
+    cycle_id: int,
+    as_of: date,
+    markets: list[str],
+    playbook_ids: list[str],
+    dry_run: bool,
+    shard_index: int,
+    shard_count: int,
+) -> dict[str, Any]:
+    """Run the per-customer stages of an open cycle for one shard; its stats go to the audit log."""
+    params: dict[str, Any] = {
+        "cycle_id": cycle_id,
+        "as_of": as_of,
+        "markets": markets,
+        "playbook_ids": playbook_ids,
+        "dry_run": dry_run,
+        "shard_index": shard_index,
+        "shard_count": shard_count,
+    }
+    protect_run(params)
+    return run_shard(**params)
+
+
+@task(name="shard", task_run_name="shard {params[shard_index]} of {params[shard_count]}", **STEP)
+def shard_task(params: dict[str, Any]) -> None:
+    """Run one shard as a task, on whatever task runner the calling flow has (Dask for a cluster)."""
+    run_shard(**params)
+
+
+@flow(name="renewal-cycle-shards-on-dask", retries=0)
+def shards_on_task_runner(shard_params: list[dict[str, Any]]) -> None:
+    """Submit every shard to this flow's task runner and wait for all of them."""
+    futures = [shard_task.submit(params) for params in shard_params]
+    wait(futures)
+    for future in futures:
+        future.result()

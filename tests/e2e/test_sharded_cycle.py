@@ -88,3 +88,27 @@ def test_each_shard_sends_only_to_its_own_customers(
     expected = {f"{i + 1}/3": sum(1 for (c,) in sent if shard_of(c, 3) == i) for i in range(3)}
     assert per_shard == expected
     assert all(n > 0 for n in per_shard.values())
+
+
+@pytest.mark.postgres
+def test_shards_on_a_dask_cluster_do_the_same_work_as_the_whole_cycle(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distributed import LocalCluster
+
+    with (
+        _databases("postgres", tmp_path, request) as (whole_url, split_url),
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+    ):
+        wire(tmp_path / "whole", whole_url, customers=600, seed=13)
+        whole = renewal_cycle(as_of=AS_OF)
+        monkeypatch.setenv("RENEWALS_DASK_ADDRESS", cluster.scheduler_address)
+        wire(tmp_path / "split", split_url, customers=600, seed=13)
+        split = renewal_cycle(as_of=AS_OF, shards=3)
+
+        assert len(cluster.scheduler.workers) == 2
+        assert _comparable(split) == _comparable(whole)
+        messages = "SELECT message_key, customer_key, channel, status FROM messages"
+        assert _rows(split_url, messages) == _rows(whole_url, messages)
+        finished = _rows(split_url, "SELECT subject_key FROM audit_log WHERE action = 'shard.finished'")
+        assert finished == [("1/3",), ("2/3",), ("3/3",)]
