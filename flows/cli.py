@@ -489,7 +489,7 @@ def demo(
     customers: Annotated[int, typer.Option(min=100, help="Customers in the demo portfolio.")] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed of the demo portfolio.")] = 42,
 ) -> None:
-    """Generate a demo portfolio (once per day) and run one full renewal cycle on the embedded defaults."""
+    """Make a demo portfolio (once a day), train risk models, run a cycle, grant rewards, write the report."""
     from config.loader import load_markets
     from tasks.runtime import get_runtime
     from tasks.sources.demo_data import generate_portfolio, write_portfolio
