@@ -16,7 +16,7 @@ from flows.stages import CUSTOMER_STAGES, named, peak_rss_mb, run_customer_stage
 from tasks._prefect import protect_run
 from tasks.cycle import fail_cycle, open_cycle, summarise
 from tasks.domain.shards import Shard, merge_stats, shards
-from tasks.extract import extract
+from tasks.extract import discard_staging, extract
 from tasks.load import load
 from tasks.runtime import get_runtime
 from tasks.store import schema as s
@@ -197,7 +197,7 @@ def renewal_cycle(
     }
     try:
         with timed(seconds, "extract", rss):
-            raws = named(extract, label)()
+            raws = named(extract, label)(cycle_id)
         with timed(seconds, "validate", rss):
             validated = named(validate, label)(raws)
         stages["validate"] = validation_stats(validated)
@@ -212,5 +212,8 @@ def renewal_cycle(
     except Exception as exc:
         fail_cycle(cycle_id, base, exc)
         raise
+    finally:
+        # Staged source rows hold personal data; they never outlive the run.
+        discard_staging(cycle_id)
     summary: dict[str, Any] = named(summarise, label)(cycle_id, base)
     return summary

@@ -8,10 +8,13 @@ from prefect import get_run_logger, task
 from sqlalchemy import Connection
 
 from tasks._prefect import IO_RETRIES, STEP
-from tasks.domain.contract import Entity
+from tasks.domain.contract import ENTITY_ORDER, Entity
 from tasks.dsr import suppressed_addresses
 from tasks.runtime import get_runtime
-from tasks.sources.validation import ValidationResult
+from tasks.sources.staging import discard, read_clean, read_quarantine
+from tasks.sources.validation import StagedValidation, ValidationResult
+from tasks.store.bulk import SyncStats
+from tasks.store.ingest import append_consents_upto, last_consent_id, upsert_customers, upsert_entity
 from tasks.store.repository import (
     append_consents,
     audit,
@@ -32,36 +35,84 @@ def load_validated(
         if entity is Entity.CUSTOMERS:
             # EU-07: an address suppressed after an erasure must not come back with a CRM re-import.
             allowed = suppressed_addresses(conn, frame, hash_key)
-            stats["suppressed_addresses_dropped"] = int(
-                (frame["email"].notna() & allowed["email"].isna()).sum()
-                + (frame["phone"].notna() & allowed["phone"].isna()).sum()
-            )
+            stats["suppressed_addresses_dropped"] = _dropped(frame, allowed)
             sync = sync_customers(conn, allowed, now)
         elif entity is Entity.CONSENTS:
             sync = append_consents(conn, frame, controller, now)
         else:
             sync = sync_entity(conn, entity, frame, now)
-        stats[entity.value] = {
-            "inserted": sync.inserted,
-            "updated": sync.updated,
-            "unchanged": sync.unchanged,
-        }
+        stats[entity.value] = _counts(sync)
     stats["quarantine_entries"] = insert_quarantine(conn, result.quarantine, cycle_id, now)
     audit(conn, "source.loaded", cycle_id=cycle_id, details=stats)
     return stats
 
 
+def _dropped(frame: Any, allowed: Any) -> int:
+    return int(
+        (frame["email"].notna() & allowed["email"].isna()).sum()
+        + (frame["phone"].notna() & allowed["phone"].isna()).sum()
+    )
+
+
+def _counts(sync: SyncStats) -> dict[str, int]:
+    return {"inserted": sync.inserted, "updated": sync.updated, "unchanged": sync.unchanged}
+
+
+def load_staged(
+    conn: Connection, result: StagedValidation, cycle_id: int, controller: str, hash_key: bytes
+) -> dict[str, Any]:
+    """Write the staged chunks and quarantines in one transaction, as `load_validated` writes frames.
+
+    Keys are unique across an entity's chunks (validation quarantined repeats), so upserting chunk
+    by chunk gives the same rows and counts; consents are compared with the store as it was before.
+    """
+    now = utcnow()
+    stats: dict[str, Any] = {}
+    for entity in ENTITY_ORDER:
+        if entity not in result.clean:
+            continue
+        total = SyncStats(0, 0, 0)
+        dropped = 0
+        upto = last_consent_id(conn) if entity is Entity.CONSENTS else 0
+        for path in result.clean[entity]:
+            frame = read_clean(path)
+            if entity is Entity.CUSTOMERS:
+                # EU-07: an address suppressed after an erasure must not come back with a CRM re-import.
+                allowed = suppressed_addresses(conn, frame, hash_key)
+                dropped += _dropped(frame, allowed)
+                sync = upsert_customers(conn, allowed, now)
+            elif entity is Entity.CONSENTS:
+                sync = append_consents_upto(conn, frame, controller, now, upto)
+            else:
+                sync = upsert_entity(conn, entity, frame, now)
+            total = SyncStats(
+                total.inserted + sync.inserted, total.updated + sync.updated, total.unchanged + sync.unchanged
+            )
+        if entity is Entity.CUSTOMERS:
+            stats["suppressed_addresses_dropped"] = dropped
+        stats[entity.value] = _counts(total)
+    stats["quarantine_entries"] = sum(
+        insert_quarantine(conn, read_quarantine(result.quarantine[e]), cycle_id, now)
+        for e in ENTITY_ORDER
+        if e in result.quarantine
+    )
+    audit(conn, "source.loaded", cycle_id=cycle_id, details=stats)
+    return stats
+
+
 @task(name="load", **STEP, **IO_RETRIES)
-def load(result: ValidationResult, cycle_id: int) -> dict[str, Any]:
+def load(result: StagedValidation, cycle_id: int) -> dict[str, Any]:
     """Sync the validated data into the store."""
     rt = get_runtime()
     with rt.engine.begin() as conn:
-        stats = load_validated(
+        stats = load_staged(
             conn,
             result,
             cycle_id,
             rt.settings.controller,
             rt.settings.pii_hash_key.get_secret_value().encode(),
         )
+    # Committed: the staged rows are not needed any more.
+    discard(result.directory)
     get_run_logger().info("loaded %s", stats)
     return stats

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tasks.domain.contract import CONTRACT, ENTITY_ORDER, Entity
 from tasks.sources.raw import RawFrame, SourceError, as_text, check_columns
+
+# A chunk size larger than any table: read it in one piece.
+WHOLE = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -73,32 +77,105 @@ def _query(mapping: EntityMapping) -> str:
     return f"{sql} WHERE {mapping.where}" if mapping.where else sql
 
 
+def _label(mapping: SqlMapping, entity: Entity) -> str:
+    return f"sql:{mapping.entities[entity].table or entity.value}"
+
+
+def _renamed(mapping: SqlMapping, entity: Entity, columns: list[str]) -> list[str]:
+    reverse = {source: contract for contract, source in mapping.entities[entity].columns.items()}
+    return [reverse.get(c, c) for c in columns]
+
+
+def _failed(label: str, exc: Exception) -> SourceError:
+    return SourceError(label, f"query failed: {exc.__class__.__name__}: {getattr(exc, 'orig', exc)}")
+
+
+class SqlSource:
+    """An open SQL source: its queries' columns checked up front, then read entity by entity in chunks."""
+
+    def __init__(self, url: str, mapping: SqlMapping) -> None:
+        self.mapping = mapping
+        self.engine = create_engine(mapping.url or url)
+
+    def _unreachable(self, exc: SQLAlchemyError) -> SourceError:
+        return SourceError(
+            str(self.engine.url.render_as_string(hide_password=True)), f"cannot connect: {exc}"
+        )
+
+    def check(self) -> None:
+        """Raise SourceError when a query fails or lacks a required column (fetches no rows)."""
+        try:
+            with self.engine.connect() as conn:
+                for entity in ENTITY_ORDER:
+                    label = _label(self.mapping, entity)
+                    try:
+                        result = conn.execution_options(stream_results=True).execute(
+                            text(_query(self.mapping.entities[entity]))
+                        )
+                        columns = list(result.keys())
+                        result.close()
+                    except (SQLAlchemyError, pd.errors.DatabaseError) as exc:
+                        raise _failed(label, exc) from exc
+                    check_columns(entity, label, _renamed(self.mapping, entity, columns))
+        except SourceError:
+            raise
+        except SQLAlchemyError as exc:
+            raise self._unreachable(exc) from exc
+
+    def chunks(self, entity: Entity, rows: int) -> Iterator[RawFrame]:
+        """Yield one entity's rows as raw frames of up to `rows` rows (at least one frame, maybe empty)."""
+        label = _label(self.mapping, entity)
+        done = 0
+        try:
+            with self.engine.connect() as conn:
+                try:
+                    query = text(_query(self.mapping.entities[entity]))
+                    # Nullable dtypes keep an integer column's text the same in every chunk (plain numpy
+                    # turns the integers of a chunk with a NULL into floats: "7.0").
+                    frames: Iterable[pd.DataFrame]
+                    if rows >= WHOLE:
+                        frames = [pd.read_sql(query, conn, dtype_backend="numpy_nullable")]
+                    else:
+                        # A server-side cursor, so only one chunk of the result is in memory at a time.
+                        streaming = conn.execution_options(
+                            stream_results=True, max_row_buffer=min(rows, 100_000)
+                        )
+                        frames = pd.read_sql(query, streaming, chunksize=rows, dtype_backend="numpy_nullable")
+                    for frame in frames:
+                        frame.columns = _renamed(self.mapping, entity, [str(c) for c in frame.columns])
+                        check_columns(entity, label, list(frame.columns))
+                        known = [c for c in CONTRACT[entity].column_names if c in frame.columns]
+                        lines = pd.Series(range(done + 1, done + len(frame) + 1), dtype="int64")
+                        done += len(frame)
+                        yield RawFrame(
+                            entity, label, as_text(frame[known]).reset_index(drop=True), lines, "row"
+                        )
+                except (SQLAlchemyError, pd.errors.DatabaseError) as exc:
+                    raise _failed(label, exc) from exc
+        except SourceError:
+            raise
+        except SQLAlchemyError as exc:
+            raise self._unreachable(exc) from exc
+
+    def close(self) -> None:
+        """Release the source's connections."""
+        self.engine.dispose()
+
+
 def read_sql_source(url: str, mapping: SqlMapping) -> dict[Entity, RawFrame]:
     """Read every entity through its mapping; a failing query stops the whole extract."""
-    engine = create_engine(mapping.url or url)
-    out: dict[Entity, RawFrame] = {}
+    source = SqlSource(url, mapping)
     try:
-        with engine.connect() as conn:
-            for entity in ENTITY_ORDER:
-                entry = mapping.entities[entity]
-                label = f"sql:{entry.table or entity.value}"
-                try:
-                    frame = pd.read_sql(text(_query(entry)), conn)
-                except (SQLAlchemyError, pd.errors.DatabaseError) as exc:
-                    raise SourceError(
-                        label, f"query failed: {exc.__class__.__name__}: {getattr(exc, 'orig', exc)}"
-                    ) from exc
-                reverse = {source: contract for contract, source in entry.columns.items()}
-                frame = frame.rename(columns=reverse)
-                check_columns(entity, label, list(frame.columns))
-                known = [c for c in CONTRACT[entity].column_names if c in frame.columns]
-                out[entity] = RawFrame(
-                    entity, label, as_text(frame[known]), pd.Series(range(1, len(frame) + 1)), "row"
-                )
-    except SQLAlchemyError as exc:
-        raise SourceError(
-            str(engine.url.render_as_string(hide_password=True)), f"cannot connect: {exc}"
-        ) from exc
+        source.check()
+        out: dict[Entity, RawFrame] = {}
+        for entity in ENTITY_ORDER:
+            parts = list(source.chunks(entity, WHOLE))
+            frame = (
+                pd.concat([p.frame for p in parts], ignore_index=True) if len(parts) > 1 else parts[0].frame
+            )
+            out[entity] = RawFrame(
+                entity, _label(mapping, entity), frame, pd.Series(range(1, len(frame) + 1)), "row"
+            )
+        return out
     finally:
-        engine.dispose()
-    return out
+        source.close()

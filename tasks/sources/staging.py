@@ -1,0 +1,170 @@
+"""Staged ingest: chunks of raw and validated rows on local disk (Parquet) between the ingest steps.
+
+Extract, validate and load pass each other only directories, file paths and counts; the rows
+(personal data) stay in files under the runtime home, readable by this user alone, and the cycle
+deletes them when it is done.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.domain.contract import ENTITY_ORDER, Entity
+from tasks.sources.raw import RawFrame
+
+LINE = "__line"
+
+
+def staging_dir(home: Path, cycle_id: int) -> Path:
+    """Return the directory that holds one cycle's staged rows."""
+    return home / "staging" / f"cycle-{cycle_id}"
+
+
+def discard(directory: Path | str) -> None:
+    """Delete a staging directory and everything in it (no error when it is gone already)."""
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+@dataclass(frozen=True)
+class StagedEntity:
+    """One entity's raw rows on disk: its chunk files, where they came from and how many rows."""
+
+    entity: Entity
+    source: str
+    line_label: str
+    rows: int
+    chunks: tuple[str, ...]
+    repeated_keys: str
+
+
+@dataclass(frozen=True)
+class StagedSource:
+    """Every entity's raw rows on disk, in dependency order."""
+
+    directory: str
+    entities: tuple[StagedEntity, ...]
+
+    def entity(self, entity: Entity) -> StagedEntity:
+        """Return the staged rows of `entity`."""
+        return next(e for e in self.entities if e.entity is entity)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Return the rows read per entity."""
+        return {e.entity.value: e.rows for e in self.entities}
+
+
+def _write(frame: pd.DataFrame, path: Path) -> str:
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, compression="zstd")
+    return str(path)
+
+
+class RawWriter:
+    """Write one entity's raw chunks as they are read, and remember which keys come up more than once."""
+
+    def __init__(
+        self, directory: Path, entity: Entity, key_hashes: Callable[[pd.DataFrame], np.ndarray]
+    ) -> None:
+        self.directory = _private_dir(directory / "raw" / entity.value)
+        self.entity = entity
+        self.key_hashes = key_hashes
+        self.source = ""
+        self.line_label = "line"
+        self.rows = 0
+        self.chunks: list[str] = []
+        self.hashes: list[np.ndarray] = []
+
+    def add(self, raw: RawFrame) -> None:
+        """Stage one chunk of raw rows."""
+        self.source, self.line_label = raw.source, raw.line_label
+        frame = raw.frame.reset_index(drop=True).assign(**{LINE: raw.lines.to_numpy(dtype=np.int64)})
+        self.chunks.append(_write(frame, self.directory / f"chunk-{len(self.chunks):05d}.parquet"))
+        self.rows += len(frame)
+        self.hashes.append(self.key_hashes(raw.frame))
+
+    def finish(self) -> StagedEntity:
+        """Return the staged entity once every chunk is written."""
+        hashes = np.concatenate(self.hashes) if self.hashes else np.empty(0, dtype=np.uint64)
+        self.hashes = []
+        hashes = np.sort(hashes[hashes != 0])
+        repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+        path = self.directory / "repeated-keys.npy"
+        np.save(path, repeated)
+        return StagedEntity(
+            self.entity, self.source, self.line_label, self.rows, tuple(self.chunks), str(path)
+        )
+
+
+def discard_raw(source: StagedSource) -> None:
+    """Delete the raw chunks once they are validated."""
+    discard(Path(source.directory) / "raw")
+
+
+def read_raw(entity: StagedEntity, path: str) -> RawFrame:
+    """Read one staged raw chunk back, with its line numbers."""
+    frame = pd.read_parquet(path)
+    lines = frame.pop(LINE).astype("int64")
+    return RawFrame(entity.entity, entity.source, frame, lines, entity.line_label)
+
+
+def raw_chunks(entity: StagedEntity) -> Iterator[RawFrame]:
+    """Yield an entity's staged raw chunks in file order."""
+    for path in entity.chunks:
+        yield read_raw(entity, path)
+
+
+def repeated_keys(entity: StagedEntity) -> np.ndarray:
+    """Return the sorted hashes of keys that occur more than once in the entity's source."""
+    return np.asarray(np.load(entity.repeated_keys), dtype=np.uint64)
+
+
+def write_clean(directory: Path, entity: Entity, index: int, frame: pd.DataFrame) -> str:
+    """Stage one chunk of validated rows and return its path."""
+    folder = _private_dir(directory / "clean" / entity.value)
+    return _write(frame, folder / f"chunk-{index:05d}.parquet")
+
+
+def read_clean(path: str, lines: bool = False) -> pd.DataFrame:
+    """Read a staged chunk of validated rows with text columns as objects, None where missing."""
+    frame = pd.read_parquet(path)
+    if not lines:
+        frame = frame.drop(columns=[LINE], errors="ignore")
+    for name in frame.columns:
+        if pd.api.types.is_string_dtype(frame[name]) and not pd.api.types.is_object_dtype(frame[name]):
+            frame[name] = frame[name].astype("object").where(frame[name].notna(), None)
+    return frame
+
+
+def write_quarantine(directory: Path, entity: Entity, frame: pd.DataFrame) -> str:
+    """Stage an entity's quarantine (its raw rows as JSON text) and return the path."""
+    folder = _private_dir(directory / "quarantine")
+    out = frame.assign(raw=[json.dumps(r, ensure_ascii=False) for r in frame["raw"]])
+    return _write(out, folder / f"{entity.value}.parquet")
+
+
+def read_quarantine(path: str) -> pd.DataFrame:
+    """Read a staged quarantine back, raw rows as dicts again."""
+    frame = read_clean(path)
+    frame["raw"] = [json.loads(r) for r in frame["raw"]]
+    return frame
+
+
+def entity_order(entities: list[StagedEntity]) -> tuple[StagedEntity, ...]:
+    """Return staged entities in dependency order."""
+    rank = {e: i for i, e in enumerate(ENTITY_ORDER)}
+    return tuple(sorted(entities, key=lambda e: rank[e.entity]))

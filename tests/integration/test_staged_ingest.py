@@ -1,0 +1,255 @@
+"""The staged ingest (extract, validate, load in chunks) gives the same store, quarantine and counts
+whatever the chunk size, on SQLite and PostgreSQL, and stops on a bad file before loading anything."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from sqlalchemy import Engine, select
+
+from config.settings import Settings
+from tasks.domain.contract import ENTITY_ORDER, Entity
+from tasks.extract import stage_sources
+from tasks.load import load_staged, load_validated
+from tasks.sources.demo_data import generate_portfolio, write_portfolio
+from tasks.sources.files import read_directory
+from tasks.sources.raw import SourceError
+from tasks.sources.staging import raw_chunks, repeated_keys, staging_dir
+from tasks.sources.validation import StagedValidation, validate_all, validate_staged
+from tasks.store import schema as s
+from tasks.store.bulk import read_frame
+from tasks.store.engine import make_engine
+from tasks.store.migrate import upgrade
+from tasks.store.repository import ENTITY_TABLES, known_keys
+from tasks.validate import validation_stats
+from tests.support.factories import markets, raw_set, write_csvs
+from tests.support.postgres import scratch_database
+
+MARKETS = markets()
+HASH_KEY = b"test-hash-key"
+# Set by the store at load time, so never equal between two loads.
+LOAD_TIMES = {"loaded_at", "recorded_at", "created_at"}
+
+
+@dataclass
+class Stores:
+    """Two empty stores of one backend, to load the same source into twice."""
+
+    first: Engine
+    second: Engine
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
+    if request.param == "sqlite":
+        urls = [f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"]
+        engines = [make_engine(u) for u in urls]
+        for e in engines:
+            upgrade(e)
+        yield Stores(*engines)
+    else:
+        admin = request.getfixturevalue("pg_admin_dsn")
+        with scratch_database(admin) as first_url, scratch_database(admin) as second_url:
+            engines = [make_engine(first_url), make_engine(second_url)]
+            for e in engines:
+                upgrade(e)
+            yield Stores(*engines)
+    for e in engines:
+        e.dispose()
+
+
+def _settings(source: Path, home: Path, chunk_rows: int) -> Settings:
+    return Settings(source_dir=source, home=home, ingest_chunk_rows=chunk_rows)
+
+
+def _ingest(engine: Engine, source: Path, home: Path, chunk_rows: int, cycle_id: int = 1) -> dict[str, Any]:
+    """Run extract, validate and load the way the cycle's tasks do; return the stage counts."""
+    staged = stage_sources(_settings(source, home, chunk_rows), staging_dir(home, cycle_id))
+    entities = [(e.entity, raw_chunks(e), repeated_keys(e)) for e in staged.entities]
+    with engine.connect() as conn:
+        result = validate_staged(
+            entities, MARKETS, Path(staged.directory) / "validated", lambda e: known_keys(conn, e)
+        )
+    with engine.begin() as conn:
+        loaded = load_staged(conn, result, cycle_id, "bank", HASH_KEY)
+    return {"validate": validation_stats(result), "load": loaded, "result": result}
+
+
+def _snapshot(engine: Engine) -> dict[str, pd.DataFrame]:
+    out = {}
+    with engine.connect() as conn:
+        for entity in ENTITY_ORDER:
+            table = ENTITY_TABLES[entity]
+            columns = [c for c in table.columns if c.name not in LOAD_TIMES]
+            order = [table.c.consent_id] if entity is Entity.CONSENTS else list(table.primary_key.columns)
+            out[entity.value] = read_frame(conn, select(*columns).order_by(*order)).reset_index(drop=True)
+        q = s.quarantine
+        columns = [
+            q.c.entity,
+            q.c.source,
+            q.c.line,
+            q.c.record_key,
+            q.c.field,
+            q.c.reason,
+            q.c.detail,
+            q.c.raw,
+        ]
+        out["quarantine"] = read_frame(conn, select(*columns).order_by(q.c.quarantine_id))
+    return out
+
+
+@pytest.fixture
+def portfolio(tmp_path: Path) -> Path:
+    """A small demo portfolio with dirty rows: repeated keys, orphans, bad values, a quoted newline."""
+    source = tmp_path / "source"
+    write_portfolio(generate_portfolio(40, 3, date(2026, 11, 22), MARKETS), source, "csv")
+
+    def edit(name: str, change: Any) -> None:
+        path = source / f"{name}.csv"
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        change(frame).to_csv(path, index=False)
+
+    def customers(frame: pd.DataFrame) -> pd.DataFrame:
+        frame.loc[10, "first_name"] = "Anna\nMaria"
+        frame.loc[12, "phone"] = "12345"
+        conflicting = frame.iloc[30].copy()
+        conflicting["last_name"] = "Other"
+        return pd.concat([frame, frame.iloc[[3]], conflicting.to_frame().T], ignore_index=True)
+
+    def contracts(frame: pd.DataFrame) -> pd.DataFrame:
+        orphan = frame.iloc[0].copy()
+        orphan["contract_key"], orphan["customer_key"] = "K9999999", "C9999999"
+        frame.loc[4, "price"] = "-1.00"
+        return pd.concat([frame, orphan.to_frame().T], ignore_index=True)
+
+    edit("customers", customers)
+    edit("contracts", contracts)
+    edit("consents", lambda frame: pd.concat([frame, frame.iloc[[0, 5]]], ignore_index=True))
+    return source
+
+
+def test_tiny_chunks_give_the_same_store_quarantine_and_counts(
+    stores: Stores, portfolio: Path, tmp_path: Path
+) -> None:
+    tiny = _ingest(stores.first, portfolio, tmp_path / "tiny", chunk_rows=7)
+    whole = _ingest(stores.second, portfolio, tmp_path / "whole", chunk_rows=500_000)
+    assert len(tiny["result"].clean[Entity.INSTALMENTS]) > 10
+    assert tiny["validate"] == whole["validate"]
+    assert tiny["load"] == whole["load"]
+    first, second = _snapshot(stores.first), _snapshot(stores.second)
+    for name, frame in first.items():
+        pd.testing.assert_frame_equal(frame, second[name], check_dtype=False, obj=name)
+    reasons = {"DUPLICATE_KEY", "BAD_PHONE", "UNKNOWN_PARENT", "NEGATIVE_AMOUNT"}
+    assert set(first["quarantine"]["reason"]) >= reasons
+
+
+def test_store_and_counts_are_those_of_the_whole_frame_path(
+    stores: Stores, portfolio: Path, tmp_path: Path
+) -> None:
+    staged = _ingest(stores.first, portfolio, tmp_path / "small", chunk_rows=50)
+    whole = validate_all(read_directory(portfolio), MARKETS)
+    with stores.second.begin() as conn:
+        loaded = load_validated(conn, whole, 1, "bank", HASH_KEY)
+    assert staged["validate"] == validation_stats(whole)
+    assert staged["load"] == loaded
+    first, second = _snapshot(stores.first), _snapshot(stores.second)
+    for name, frame in first.items():
+        pd.testing.assert_frame_equal(frame, second[name], check_dtype=False, obj=name)
+
+
+def test_duplicate_key_split_across_chunks_is_caught(stores: Stores, tmp_path: Path) -> None:
+    customers = [{"customer_key": f"C{i:07d}"} for i in range(1, 20)]
+    customers.append({"customer_key": "C0000002", "last_name": "Other"})
+    customers.append({"customer_key": "C0000005"})
+    write_csvs(tmp_path / "source", raw_set(customers=customers, contracts=[{"customer_key": "C0000002"}]))
+    _ingest(stores.first, tmp_path / "source", tmp_path / "home", chunk_rows=7)
+    stored = _snapshot(stores.first)
+    dups = stored["quarantine"].query("reason == 'DUPLICATE_KEY'")
+    assert dups[["line", "detail"]].values.tolist() == [
+        [3, "conflicting rows at lines 3, 21"],
+        [21, "conflicting rows at lines 3, 21"],
+        [22, "identical copy of line 6"],
+    ]
+    assert "C0000002" not in set(stored["customers"]["customer_key"])
+    assert "C0000005" in set(stored["customers"]["customer_key"])
+    # The contract of the quarantined customer is quarantined too, though it came in another chunk.
+    assert stored["quarantine"].query("entity == 'contracts'")["reason"].tolist() == ["UNKNOWN_PARENT"]
+
+
+def test_bad_header_in_the_last_file_stops_before_anything_is_staged(stores: Stores, portfolio: Path) -> None:
+    consents = portfolio / "consents.csv"
+    pd.read_csv(consents, dtype=str).drop(columns=["captured_at"]).to_csv(consents, index=False)
+    home = portfolio.parent / "home"
+    with pytest.raises(SourceError) as err:
+        stage_sources(_settings(portfolio, home, 7), staging_dir(home, 1))
+    assert str(consents) in str(err.value) and "captured_at" in str(err.value)
+    assert not staging_dir(home, 1).exists()
+    assert all(frame.empty for frame in _snapshot(stores.first).values())
+
+
+def test_unreadable_row_late_in_a_file_stops_before_anything_is_loaded(portfolio: Path) -> None:
+    instalments = portfolio / "instalments.csv"
+    instalments.write_bytes(instalments.read_bytes() + b"I9,K9,2026-01-01,1.00,EUR,\xff\n")
+    home = portfolio.parent / "home"
+    with pytest.raises(SourceError, match=r"instalments\.csv: not UTF-8 text \(line \d+"):
+        stage_sources(_settings(portfolio, home, 7), staging_dir(home, 1))
+    assert not staging_dir(home, 1).exists()
+
+
+def test_rerun_of_the_same_source_changes_nothing(stores: Stores, portfolio: Path, tmp_path: Path) -> None:
+    _ingest(stores.first, portfolio, tmp_path / "home", chunk_rows=50, cycle_id=1)
+    before = _snapshot(stores.first)
+    again = _ingest(stores.first, portfolio, tmp_path / "home", chunk_rows=50, cycle_id=2)
+    for entity in ENTITY_ORDER:
+        counts = again["load"][entity.value]
+        assert counts["inserted"] == counts["updated"] == 0, entity
+        assert counts["unchanged"] == again["validate"]["rows_valid"][entity.value]
+    after = _snapshot(stores.first)
+    for entity in ENTITY_ORDER:
+        pd.testing.assert_frame_equal(after[entity.value], before[entity.value], check_dtype=False)
+
+
+def test_changed_rows_are_updated_in_place_and_erased_customers_stay_erased(
+    stores: Stores, portfolio: Path, tmp_path: Path
+) -> None:
+    _ingest(stores.first, portfolio, tmp_path / "home", chunk_rows=50, cycle_id=1)
+    with stores.first.begin() as conn:
+        keys = read_frame(conn, select(s.customers.c.customer_key).order_by(s.customers.c.customer_key))
+        erased, renamed = keys["customer_key"].iloc[0], keys["customer_key"].iloc[1]
+        conn.execute(
+            s.customers.update()
+            .where(s.customers.c.customer_key == erased)
+            .values(first_name=None, email=None, phone_e164=None, erased_at=pd.Timestamp.now(tz="UTC"))
+        )
+    customers = pd.read_csv(portfolio / "customers.csv", dtype=str, keep_default_na=False)
+    customers.loc[customers["customer_key"].isin([erased, renamed]), "first_name"] = "Changed"
+    customers.to_csv(portfolio / "customers.csv", index=False)
+    again = _ingest(stores.first, portfolio, tmp_path / "home", chunk_rows=50, cycle_id=2)
+    assert again["load"]["customers"]["inserted"] == 0
+    assert again["load"]["customers"]["updated"] == 1
+    names = _snapshot(stores.first)["customers"].set_index("customer_key")["first_name"]
+    assert names[renamed] == "Changed"
+    assert names[erased] is None
+
+
+def test_staged_results_hold_only_paths_and_counts(portfolio: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    staged = stage_sources(_settings(portfolio, home, 50), staging_dir(home, 7))
+    assert staged.directory == str(staging_dir(home, 7))
+    assert staged.rows == {e.value: len(f.frame) for e, f in read_directory(portfolio).items()}
+    result = validate_staged(
+        [(e.entity, raw_chunks(e), repeated_keys(e)) for e in staged.entities],
+        MARKETS,
+        Path(staged.directory) / "validated",
+    )
+    assert isinstance(result, StagedValidation)
+    for value in (*result.clean.values(), *result.quarantine.values()):
+        for path in [value] if isinstance(value, str) else value:
+            assert Path(path).is_relative_to(home)
+            assert Path(path).stat().st_mode & 0o077 == 0 or Path(path).parent.stat().st_mode & 0o077 == 0
