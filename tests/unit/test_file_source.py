@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tasks.domain.contract import ENTITY_ORDER, Entity
-from tasks.sources.files import read_csv_entity, read_directory, read_parquet_entity
+from tasks.sources.files import (
+    check_directory,
+    iter_entity_file,
+    read_csv_entity,
+    read_directory,
+    read_parquet_entity,
+)
 from tasks.sources.raw import SourceError
 from tests.support.factories import raw_set, write_csvs
 
@@ -108,3 +115,80 @@ def test_corrupt_parquet_stops_the_extract(tmp_path: Path) -> None:
     (tmp_path / "contracts.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(SourceError, match="not a readable Parquet file"):
         read_parquet_entity(tmp_path / "contracts.parquet", Entity.CONTRACTS)
+
+
+def _chunked(path: Path, entity: Entity, rows: int) -> tuple[pd.DataFrame, list[int], list[int]]:
+    parts = list(iter_entity_file(path, entity, rows))
+    frame = pd.concat([p.frame for p in parts], ignore_index=True)
+    return frame, [int(n) for p in parts for n in p.lines], [len(p.frame) for p in parts]
+
+
+class TestChunkedReading:
+    HEADER = "customer_key,market,locale,first_name\n"
+
+    def test_chunks_hold_the_asked_number_of_rows(self, tmp_path: Path) -> None:
+        path = tmp_path / "customers.csv"
+        path.write_text(self.HEADER + "".join(f"C{i},DE,de-DE,N{i}\n" for i in range(10)))
+        _, lines, sizes = _chunked(path, Entity.CUSTOMERS, 3)
+        assert sizes == [3, 3, 3, 1]
+        assert lines == list(range(2, 12))
+
+    def test_quoted_newlines_blank_lines_and_crlf_keep_exact_lines(self, tmp_path: Path) -> None:
+        path = tmp_path / "customers.csv"
+        body = (
+            'C1,DE,de-DE,"Anna\r\nMaria"\r\n\r\nC2,DE,de-DE,Bob\r\n  \r\n'
+            'C3,DE,de-DE,"x,""y"""\r\nC4,DE,de-DE,Z'
+        )
+        path.write_bytes(b"\xef\xbb\xbf" + (self.HEADER.replace("\n", "\r\n") + body).encode())
+        for rows in (1, 2, 100):
+            frame, lines, _ = _chunked(path, Entity.CUSTOMERS, rows)
+            assert lines == [2, 5, 7, 8]
+            assert frame["first_name"].tolist() == ["Anna\r\nMaria", "Bob", 'x,"y"', "Z"]
+            assert frame.equals(read_csv_entity(path, Entity.CUSTOMERS).frame)
+
+    def test_a_stray_quote_in_an_unquoted_field_does_not_shift_the_lines(self, tmp_path: Path) -> None:
+        path = tmp_path / "customers.csv"
+        path.write_text(self.HEADER + 'C1,DE,de-DE,O"Brien\nC2,DE,de-DE,"Anna\nMaria"\nC3,DE,de-DE,Bob\n')
+        for rows in (1, 2, 100):
+            frame, lines, _ = _chunked(path, Entity.CUSTOMERS, rows)
+            assert lines == [2, 3, 5]
+            assert frame["first_name"].tolist() == ['O"Brien', "Anna\nMaria", "Bob"]
+
+    def test_gzip_files_are_read_in_chunks(self, tmp_path: Path) -> None:
+        path = tmp_path / "customers.csv.gz"
+        path.write_bytes(gzip.compress((self.HEADER + "C1,DE,de-DE,A\nC2,DE,de-DE,B\n").encode()))
+        frame, lines, sizes = _chunked(path, Entity.CUSTOMERS, 1)
+        assert (frame["customer_key"].tolist(), lines, sizes) == (["C1", "C2"], [2, 3], [1, 1])
+
+    def test_text_that_is_not_utf8_in_a_later_chunk_names_its_line(self, tmp_path: Path) -> None:
+        path = tmp_path / "customers.csv"
+        rows = "".join(f"C{i},DE,de-DE,N{i}\n" for i in range(5))
+        path.write_bytes((self.HEADER + rows).encode() + b"C9,DE,de-DE,\xff\n")
+        with pytest.raises(SourceError, match=r"not UTF-8 text \(line 7, byte"):
+            _chunked(path, Entity.CUSTOMERS, 2)
+
+    def test_a_row_with_too_many_fields_names_its_file_line(self, tmp_path: Path) -> None:
+        path = tmp_path / "customers.csv"
+        rows = "".join(f"C{i},DE,de-DE,N{i}\n" for i in range(5))
+        path.write_text(self.HEADER + rows + "C9,DE,de-DE,N,extra\n")
+        with pytest.raises(SourceError, match=r"not a readable CSV file: .*line 7"):
+            _chunked(path, Entity.CUSTOMERS, 2)
+
+    def test_a_header_only_file_gives_one_empty_chunk(self, tmp_path: Path) -> None:
+        path = tmp_path / "customers.csv"
+        path.write_text(self.HEADER)
+        parts = list(iter_entity_file(path, Entity.CUSTOMERS, 5))
+        assert len(parts) == 1 and parts[0].frame.empty
+        assert list(parts[0].frame.columns) == ["customer_key", "market", "locale", "first_name"]
+
+    def test_parquet_rows_are_numbered_across_chunks(self, tmp_path: Path) -> None:
+        frame = pd.DataFrame({"customer_key": [f"C{i}" for i in range(5)], "market": "DE", "locale": "de-DE"})
+        frame.to_parquet(tmp_path / "customers.parquet")
+        _, lines, sizes = _chunked(tmp_path / "customers.parquet", Entity.CUSTOMERS, 2)
+        assert (lines, sizes) == ([1, 2, 3, 4, 5], [2, 2, 1])
+
+    def test_every_header_is_checked_before_any_row_is_read(self, source_dir: Path) -> None:
+        path = source_dir / "consents.csv"
+        pd.read_csv(path, dtype=str).drop(columns=["status"]).to_csv(path, index=False)
+        with pytest.raises(SourceError, match=r"consents\.csv: missing required column status"):
+            check_directory(source_dir)
