@@ -103,6 +103,13 @@ class Settings(BaseSettings):
     whatsapp_rate_per_second: Annotated[float, Field(gt=0)] = 80.0
     whatsapp_default_price: Decimal = Decimal("0.05")
     channel_price_currency: str = "USD"
+    # Dispatch processes draining one cycle share each sender's ceiling through a Prefect global
+    # concurrency limit with slot decay, named `<prefix>-<channel>-<sender>` (`renewals limits ensure`).
+    shared_rate_limits: bool = False
+    shared_rate_limit_prefix: str = "renewals-rate"
+    # Part of each permit's life kept for the Prefect API round trip that takes it; a slower API wastes
+    # permits (and stops dispatch if they always arrive expired), a larger value lowers the throughput.
+    shared_rate_limit_api_seconds: Annotated[float, Field(ge=0, le=2)] = 0.1
 
     retry_max_attempts: Annotated[int, Field(ge=1)] = 4
     retry_base_delay: Annotated[float, Field(ge=0)] = 0.5

@@ -27,6 +27,11 @@ app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(run_app, name="run")
 app.add_typer(db_app, name="db")
 app.add_typer(consent_app, name="consent")
+limits_app = typer.Typer(
+    help="Prefect global concurrency limits that share each sender's rate ceiling between dispatchers.",
+    no_args_is_help=True,
+)
+app.add_typer(limits_app, name="limits")
 
 out = Console()
 err = Console(stderr=True)
@@ -570,6 +575,41 @@ def print_rewards(summary: dict[str, Any]) -> None:
     out.print(table)
     sent = summary.get("stages", {}).get("dispatch", {}).get("sent", 0)
     out.print(f"Reward notices sent: {sent:,} (service messages through the same consent gate and dispatch)")
+
+
+@limits_app.command(
+    "ensure",
+    epilog=(
+        "Sizes and slot decays follow from RENEWALS_SMS_RATE_PER_SECOND, RENEWALS_WHATSAPP_RATE_PER_SECOND "
+        "and RENEWALS_SENDGRID_RATE_PER_SECOND, so that dispatch processes running with "
+        "RENEWALS_SHARED_RATE_LIMITS=true never start more than the rate in any second between them. "
+        "The limits live on the Prefect API at PREFECT_API_URL, which every dispatcher must share. "
+        "Run it again after changing a rate: dispatch refuses a limit that does not match the settings."
+    ),
+)
+def limits_ensure() -> None:
+    """Create or update the rate limit of each sender (SMS, WhatsApp, email) on the Prefect API."""
+    from tasks.rate_limits import api_url, ensure_limits
+
+    settings = _settings()
+    ensured = ensure_limits(settings)
+    table = Table(title=f"Shared rate limits on {api_url()}")
+    for column in ("name", "rate/s", "limit", "slot decay/s", "chunk", "permit life (s)", "action"):
+        table.add_column(column, overflow="fold")
+    for item in ensured:
+        shared = item.limit
+        table.add_row(
+            shared.name,
+            f"{shared.rate:g}",
+            str(shared.limit),
+            f"{shared.slot_decay_per_second:.3f}",
+            str(shared.chunk),
+            f"{shared.lifetime:.3f}",
+            item.action,
+        )
+    out.print(table)
+    if not settings.shared_rate_limits:
+        err.print("dispatch uses these limits only with RENEWALS_SHARED_RATE_LIMITS=true (it is off)")
 
 
 def main() -> None:

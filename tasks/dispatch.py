@@ -29,7 +29,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from sqlalchemy import Engine, select, text, update
 
 from tasks._prefect import IO_RETRIES, STEP
-from tasks.channels.base import Outbound, Sender, SendResult, SendStatus
+from tasks.channels.base import Outbound, Sender, SendInterrupted, SendResult, SendStatus
 from tasks.channels.results import ChannelResult
 from tasks.domain.consent import Outcome, Reason, labelled, required_label
 from tasks.domain.markets import Market
@@ -412,25 +412,40 @@ def _claim(
 
 def _send(
     senders: Mapping[str, Sender], batch: Sequence[Outbound], pool: ThreadPoolExecutor
-) -> tuple[list[SendResult], BaseException | None]:
-    """Send a batch, its channels side by side; return every result obtained and the first failure."""
+) -> tuple[list[SendResult], BaseException | None, list[str]]:
+    """Send a batch, channels side by side; return the results, the first failure, the unstarted keys."""
     groups: dict[str, list[Outbound]] = {}
     for msg in batch:
         groups.setdefault(msg.channel, []).append(msg)
+    outcomes: dict[str, list[SendResult] | BaseException] = {}
     if len(groups) == 1:
         [(channel, messages)] = groups.items()
-        return senders[channel].send(messages), None
-    futures = [pool.submit(senders[channel].send, messages) for channel, messages in groups.items()]
-    wait(futures)
+        try:
+            outcomes[channel] = senders[channel].send(messages)
+        except SendInterrupted as stop:
+            outcomes[channel] = stop
+    else:
+        futures = {
+            channel: pool.submit(senders[channel].send, messages) for channel, messages in groups.items()
+        }
+        wait(futures.values())
+        for channel, future in futures.items():
+            error = future.exception()
+            outcomes[channel] = future.result() if error is None else error
     results: list[SendResult] = []
     failure: BaseException | None = None
-    for future in futures:
-        error = future.exception()
-        if error is None:
-            results.extend(future.result())
-        elif failure is None:
-            failure = error
-    return results, failure
+    unstarted: list[str] = []
+    for channel, outcome in outcomes.items():
+        if not isinstance(outcome, BaseException):
+            results.extend(outcome)
+            continue
+        if isinstance(outcome, SendInterrupted):
+            results.extend(outcome.results)
+            done = {r.message_key for r in outcome.results}
+            unstarted.extend(m.message_key for m in groups[channel] if m.message_key not in done)
+        if failure is None:
+            failure = outcome
+    return results, failure, unstarted
 
 
 def dispatch_cycle(
@@ -470,6 +485,7 @@ def dispatch_cycle(
 
         ahead: Future[_Claimed | None] | None = claimer.submit(claim_next)
         settling: deque[Future[dict[str, int]]] = deque()
+        unstarted: list[str] = []
         # Customers of the two batches before: still unsettled while the next one was re-checked.
         recent: deque[frozenset[str]] = deque(maxlen=2)
         try:
@@ -489,7 +505,7 @@ def dispatch_cycle(
                 recent.append(customers)
                 ahead = claimer.submit(claim_next)
                 stats.update(batch.held)
-                results, failure = _send(senders, batch.outbound, channels)
+                results, failure, unstarted = _send(senders, batch.outbound, channels)
                 settling.append(settler.submit(settle, engine, results, clock()))
                 channel_of = {m.message_key: m.channel for m in batch.outbound}
                 for r in results:
@@ -505,7 +521,7 @@ def dispatch_cycle(
             while settling:
                 stats.update(settling.popleft().result())
         except BaseException:
-            _wind_down(engine, ahead, settling, owner, clock())
+            _wind_down(engine, ahead, settling, owner, clock(), unstarted)
             raise
     return {
         "sent": stats["sent"],
@@ -546,22 +562,25 @@ def _wind_down(
     settling: deque[Future[dict[str, int]]],
     owner: int,
     now: datetime,
+    unstarted: Sequence[str] = (),
 ) -> None:
-    """After a failure: store the outcomes already known and give back the batch claimed ahead."""
+    """After a failure: store the outcomes known and give back every claim that never started."""
     for future in settling:
         if future.exception() is not None:
             log.error("settling a batch failed (%s)", type(future.exception()).__name__)
-    if ahead is None or ahead.exception() is not None:
-        return
-    unsent = ahead.result()
-    if unsent is None:
+    keys = list(unstarted)
+    if ahead is not None and ahead.exception() is None:
+        unsent = ahead.result()
+        if unsent is not None:
+            keys.extend(m.message_key for m in unsent.outbound)
+    if not keys:
         return
     try:
         with engine.begin() as conn:
-            release_claims(conn, [m.message_key for m in unsent.outbound], owner, now)
+            release_claims(conn, keys, owner, now)
     except Exception as exc:
         # Left as `sending`, the claims are reconciled by the next run like a crashed dispatcher's.
-        log.error("giving back %s unsent claims failed (%s)", len(unsent.outbound), type(exc).__name__)
+        log.error("giving back %s unsent claims failed (%s)", len(keys), type(exc).__name__)
 
 
 def merge_stats(first: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:

@@ -21,11 +21,12 @@ from config.rewards_loader import load_fx
 from config.settings import SendMode, Settings, get_settings
 from tasks.channels.base import Sender
 from tasks.channels.outbox import OutboxSender
-from tasks.channels.ratelimit import SlidingWindowLimiter
+from tasks.channels.ratelimit import Limiter, SlidingWindowLimiter
 from tasks.channels.rendering import Renderer
 from tasks.channels.results import PendingMessage
 from tasks.channels.retry import RetryPolicy
 from tasks.channels.sendgrid_email import SendGridEmailSender
+from tasks.channels.shared_limit import SharedRateLimiter
 from tasks.channels.twilio_sms import TwilioSmsSender
 from tasks.channels.twilio_whatsapp import TwilioWhatsAppSender
 from tasks.channels.whatsapp_registry import WhatsAppRegistry, load_whatsapp_registry
@@ -36,6 +37,7 @@ from tasks.domain.rewards import FxRates
 from tasks.domain.rules import RetentionPolicy
 from tasks.domain.segmentation import SegmentationConfig
 from tasks.domain.worklist import WorklistConfig
+from tasks.rate_limits import PrefectSlots, shared_limit
 from tasks.store.engine import make_engine
 from tasks.store.repository import pending_messages
 
@@ -117,6 +119,15 @@ class Runtime:
             for r in records(frame)
         }
 
+    def _limiter(self, channel: str, rate: float, concurrency: int) -> Limiter:
+        """Return a sender's limiter: its own sliding window, then the shared ceiling when that is on."""
+        local = SlidingWindowLimiter(rate, max_concurrency=concurrency)
+        if not self.settings.shared_rate_limits:
+            return local
+        planned = shared_limit(self.settings, channel)
+        # The limit is checked now, before dispatch claims anything: a missing one stops it with nothing sent.
+        return SharedRateLimiter(local, planned, PrefectSlots(planned))
+
     def _live_sender(self, channel: str) -> Sender:
         st = self.settings
         retry = RetryPolicy(
@@ -129,9 +140,7 @@ class Runtime:
                 from_email=st.sendgrid_from_email,
                 from_name=st.sendgrid_from_name or None,
                 base_url=st.sendgrid_host,
-                limiter=SlidingWindowLimiter(
-                    st.sendgrid_rate_per_second, max_concurrency=st.sendgrid_concurrency
-                ),
+                limiter=self._limiter("email", st.sendgrid_rate_per_second, st.sendgrid_concurrency),
                 retry=retry,
                 concurrency=st.sendgrid_concurrency,
                 timeout=st.sendgrid_timeout_seconds,
@@ -158,9 +167,7 @@ class Runtime:
                 messaging_service_sid=st.twilio_whatsapp_messaging_service_sid
                 or st.twilio_messaging_service_sid,
                 validity_period=st.twilio_whatsapp_validity_period,
-                limiter=SlidingWindowLimiter(
-                    st.whatsapp_rate_per_second, max_concurrency=st.twilio_concurrency
-                ),
+                limiter=self._limiter("whatsapp", st.whatsapp_rate_per_second, st.twilio_concurrency),
                 default_price=st.whatsapp_default_price,
                 **common,
             )
@@ -172,7 +179,7 @@ class Runtime:
             validity_period=st.twilio_sms_validity_period,
             segment_ceiling=st.sms_segment_ceiling,
             count_segments=st.sms_rate_counts_segments,
-            limiter=SlidingWindowLimiter(st.sms_rate_per_second, max_concurrency=st.twilio_concurrency),
+            limiter=self._limiter("sms", st.sms_rate_per_second, st.twilio_concurrency),
             prices=st.sms_price_per_segment,
             default_price=st.sms_default_price_per_segment,
             **common,

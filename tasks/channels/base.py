@@ -45,13 +45,25 @@ class SendResult:
     error_detail: str | None = None
 
 
+class SendInterrupted(Exception):
+    """A send stopped part way because no more calls could start: the messages without a result never left."""
+
+    def __init__(self, results: Sequence[SendResult], cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.results = list(results)
+        self.cause = cause
+
+
 class Sender(Protocol):
     """Sends batches of messages on one channel."""
 
     provider: str
 
     def send(self, batch: Sequence[Outbound]) -> list[SendResult]:
-        """Send every message; return one result per message, never raise for a per-message error."""
+        """Send every message; return one result per message, never raise for a per-message error.
+
+        Raises SendInterrupted, carrying the results so far, when calls can no longer start at all.
+        """
         ...
 
     def reconcile(self, message_keys: Sequence[str]) -> dict[str, SendResult]:

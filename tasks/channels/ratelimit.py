@@ -14,11 +14,18 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class PermitUnavailable(RuntimeError):
+    """No permit to start a call could be had (a shared limit is missing or unreachable): nothing started."""
+
+
 class Limiter(Protocol):
     """Admits provider calls; a distributed one (Prefect global concurrency limits) can replace it."""
 
     def acquire(self, units: int = 1) -> AbstractContextManager[float]:
-        """Wait until `units` may start; hold a concurrency slot inside the context; yield the start time."""
+        """Wait until `units` may start; hold a concurrency slot inside the context; yield the start time.
+
+        Raises PermitUnavailable when the call must not start at all; senders then stop the whole batch.
+        """
         ...
 
 

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Generic, TypeVar
 
 from tasks.channels.errors import Classified, ErrorClass, retry_hint
+from tasks.channels.ratelimit import PermitUnavailable
 
 T = TypeVar("T")
 
@@ -113,6 +114,9 @@ class RetryPolicy:
             attempt += 1
             try:
                 return Attempt(call(attempt), None, attempt, waited)
+            except PermitUnavailable:
+                # Not a provider failure: the call never started, and the caller stops its whole batch.
+                raise
             except Exception as exc:
                 failure = classify(exc)
             pause = self.delay(attempt, failure)

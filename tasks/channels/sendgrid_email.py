@@ -12,9 +12,9 @@ from urllib.parse import quote
 
 from sendgrid import SendGridAPIClient
 
-from tasks.channels.base import Outbound, SendResult, SendStatus
+from tasks.channels.base import Outbound, SendInterrupted, SendResult, SendStatus
 from tasks.channels.errors import SENDGRID_STATUSES, Classified, ErrorClass, Rule, classify_sendgrid
-from tasks.channels.ratelimit import ConcurrencyLimiter, Limiter, fan_out
+from tasks.channels.ratelimit import ConcurrencyLimiter, Limiter, PermitUnavailable, fan_out
 from tasks.channels.results import ChannelResult, failed, template_fields
 from tasks.channels.retry import RetryPolicy
 from tasks.domain.messaging import locale_chain
@@ -237,25 +237,43 @@ class SendGridEmailSender:
         if not batch:
             return []
         halted: list[Classified] = []
+        stopped: list[PermitUnavailable] = []
         done: dict[str, ChannelResult] = {}
         jobs = self.jobs(batch)
         for results in fan_out(
-            self._executor(), self.concurrency, jobs, lambda j: self._run_guarded(j, halted)
+            self._executor(), self.concurrency, jobs, lambda j: self._run_guarded(j, halted, stopped)
         ):
             done.update((r.message_key, r) for r in results)
+        if stopped:
+            raise SendInterrupted([done[m.message_key] for m in batch if m.message_key in done], stopped[0])
         return [done[m.message_key] for m in batch]
 
-    def _run_guarded(self, job: Job, halted: list[Classified]) -> list[ChannelResult]:
+    def _run_guarded(
+        self, job: Job, halted: list[Classified], stopped: list[PermitUnavailable]
+    ) -> list[ChannelResult]:
+        """Return the job's results; a message left without one never started (no permit could be had)."""
+        out: list[ChannelResult] = []
+        if stopped:
+            return out
         try:
-            return self._run(job, halted)
+            self._run(job, halted, out)
+        except PermitUnavailable as exc:
+            stopped.append(exc)
         except Exception as exc:
             # No traceback: SDK error texts can quote addresses. A crash after the request left may have sent.
             log.error("sendgrid send crashed (%s)", type(exc).__name__)
             detail = f"sender error {type(exc).__name__}"
             failure = Classified(ErrorClass.AMBIGUOUS, "INTERNAL", detail=detail)
-            return [failed(m.message_key, self.provider, failure, 1) for m in job.messages]
+            known = {r.message_key for r in out}
+            out.extend(
+                failed(m.message_key, self.provider, failure, 1)
+                for m in job.messages
+                if m.message_key not in known
+            )
+        return out
 
-    def _run(self, job: Job, halted: list[Classified]) -> list[ChannelResult]:
+    def _run(self, job: Job, halted: list[Classified], out: list[ChannelResult]) -> None:
+        """Send one request and append its messages' results to `out` (as they are known, for a split job)."""
         payload = self.body(job.messages, job.template_id)
         client = self._client()
 
@@ -273,7 +291,7 @@ class SendGridEmailSender:
         if failure is None:
             headers = getattr(outcome.value, "headers", None)
             message_id = headers.get("X-Message-Id") if headers is not None else None
-            return [
+            out.extend(
                 ChannelResult(
                     m.message_key,
                     SendStatus.SENT,
@@ -282,7 +300,8 @@ class SendGridEmailSender:
                     attempts=outcome.attempts,
                 )
                 for m in job.messages
-            ]
+            )
+            return
         if failure.halt and not halted:
             halted.append(failure)
         # A rejected batched request was not accepted at all: take out the personalizations SendGrid blamed
@@ -291,18 +310,19 @@ class SendGridEmailSender:
             blamed = _blamed(failure.fields, len(job.messages))
             if blamed and len(blamed) < len(job.messages):
                 rest = tuple(m for i, m in enumerate(job.messages) if i not in blamed)
-                refused = [
+                out.extend(
                     failed(m.message_key, self.provider, failure, outcome.attempts)
                     for i, m in enumerate(job.messages)
                     if i in blamed
-                ]
-                return refused + self._run(Job(rest, job.template_id), halted)
+                )
+                self._run(Job(rest, job.template_id), halted, out)
+                return
         if len(job.messages) > 1 and failure.status == 413:
             middle = len(job.messages) // 2
-            return self._run(Job(job.messages[:middle], job.template_id), halted) + self._run(
-                Job(job.messages[middle:], job.template_id), halted
-            )
-        return [failed(m.message_key, self.provider, failure, outcome.attempts) for m in job.messages]
+            self._run(Job(job.messages[:middle], job.template_id), halted, out)
+            self._run(Job(job.messages[middle:], job.template_id), halted, out)
+            return
+        out.extend(failed(m.message_key, self.provider, failure, outcome.attempts) for m in job.messages)
 
     def reconcile(self, message_keys: Sequence[str]) -> dict[str, SendResult]:
         """Return nothing: SendGrid has no lookup by our key; dispatch settles email from webhook events."""

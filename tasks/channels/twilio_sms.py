@@ -17,9 +17,9 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from tasks.channels.base import Outbound, SendResult, SendStatus
+from tasks.channels.base import Outbound, SendInterrupted, SendResult, SendStatus
 from tasks.channels.errors import TWILIO_CODES, Classified, ErrorClass, Rule, classify_twilio
-from tasks.channels.ratelimit import ConcurrencyLimiter, Limiter, fan_out
+from tasks.channels.ratelimit import ConcurrencyLimiter, Limiter, PermitUnavailable, fan_out
 from tasks.channels.results import ChannelResult, PendingLookup, PendingMessage, failed, refusal
 from tasks.channels.retry import RetryPolicy
 from tasks.domain.messaging import sms_segments
@@ -276,11 +276,25 @@ class TwilioMessagesSender:
         if not batch:
             return []
         halted: list[Classified] = []
-        return fan_out(self._executor(), self.concurrency, batch, lambda m: self._send_guarded(m, halted))
+        stopped: list[PermitUnavailable] = []
+        results = fan_out(
+            self._executor(), self.concurrency, batch, lambda m: self._send_guarded(m, halted, stopped)
+        )
+        if stopped:
+            raise SendInterrupted([r for r in results if r is not None], stopped[0])
+        return [r for r in results if r is not None]
 
-    def _send_guarded(self, msg: Outbound, halted: list[Classified]) -> ChannelResult:
+    def _send_guarded(
+        self, msg: Outbound, halted: list[Classified], stopped: list[PermitUnavailable]
+    ) -> ChannelResult | None:
+        """Return the message's result, or None when it never started because no permit could be had."""
+        if stopped:
+            return None
         try:
             return self._send_one(msg, halted)
+        except PermitUnavailable as exc:
+            stopped.append(exc)
+            return None
         except Exception as exc:
             # A bug after the request may have left: treat the message as possibly sent, never as failed.
             # No traceback: SDK exception texts quote the recipient's number.

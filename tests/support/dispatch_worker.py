@@ -1,6 +1,7 @@
 """A dispatch process for crash and concurrency tests: live senders aimed at the loopback fakes.
 
 python -m tests.support.dispatch_worker --db URL --twilio URL --sendgrid URL --webhooks URL --cycle 1
+    [--shared-limits --rate 100 --limit-prefix renewals-rate]   (with PREFECT_API_URL in the environment)
 """
 
 from __future__ import annotations
@@ -18,6 +19,36 @@ from tests.support.live import SERVICE_SID
 from tests.support.pipeline import HASH_KEY
 
 
+def worker_settings(
+    db: str,
+    twilio: str,
+    sendgrid: str,
+    webhooks: str,
+    rate: float = 5000.0,
+    shared_limits: bool = False,
+    limit_prefix: str = "renewals-rate",
+) -> Settings:
+    """Return a dispatch worker's settings; `renewals limits ensure` with the same ones creates its limits."""
+    return Settings(
+        database_url=db,
+        home=Path(tempfile.mkdtemp()),
+        send_mode=SendMode.LIVE,
+        twilio_account_sid="AC" + "0" * 32,
+        twilio_auth_token="test-token",  # type: ignore[arg-type]
+        twilio_base_url=twilio,
+        twilio_messaging_service_sid=SERVICE_SID,
+        webhook_public_base_url=webhooks,
+        sendgrid_api_key="SG.test-key",  # type: ignore[arg-type]
+        sendgrid_host=sendgrid,
+        sms_rate_per_second=rate,
+        sendgrid_rate_per_second=rate,
+        shared_rate_limits=shared_limits,
+        shared_rate_limit_prefix=limit_prefix,
+        retry_base_delay=0.01,
+        retry_max_delay=0.05,
+    )
+
+
 def main() -> None:
     """Dispatch one cycle to the fakes and print the stats as JSON."""
     parser = argparse.ArgumentParser()
@@ -26,22 +57,12 @@ def main() -> None:
     parser.add_argument("--cycle", type=int, default=1)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--grace", type=float, default=0.0)
+    parser.add_argument("--rate", type=float, default=5000.0, help="SMS and SendGrid ceiling per second")
+    parser.add_argument("--shared-limits", action="store_true", help="share the ceiling via Prefect limits")
+    parser.add_argument("--limit-prefix", default="renewals-rate")
     args = parser.parse_args()
-    settings = Settings(
-        database_url=args.db,
-        home=Path(tempfile.mkdtemp()),
-        send_mode=SendMode.LIVE,
-        twilio_account_sid="AC" + "0" * 32,
-        twilio_auth_token="test-token",  # type: ignore[arg-type]
-        twilio_base_url=args.twilio,
-        twilio_messaging_service_sid=SERVICE_SID,
-        webhook_public_base_url=args.webhooks,
-        sendgrid_api_key="SG.test-key",  # type: ignore[arg-type]
-        sendgrid_host=args.sendgrid,
-        sms_rate_per_second=5000.0,
-        sendgrid_rate_per_second=5000.0,
-        retry_base_delay=0.01,
-        retry_max_delay=0.05,
+    settings = worker_settings(
+        args.db, args.twilio, args.sendgrid, args.webhooks, args.rate, args.shared_limits, args.limit_prefix
     )
     runtime = Runtime(settings)
     senders = {c: runtime.sender(c) for c in ("email", "sms", "whatsapp")}
