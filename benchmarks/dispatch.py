@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/dispatch.py --messages 10000 --concurrency 8
     .venv/bin/python benchmarks/dispatch.py --messages 100000 --concurrency 8 --rate 2000
+    .venv/bin/python benchmarks/dispatch.py --messages 5000 --rate 500 --processes 2 --shared-limits
 
 The fake runs in its own process (so it does not compete with the sender for the GIL). In the same
 run the script measures (1) our dispatch of N rendered SMS from PostgreSQL — claim, consent re-check,
@@ -10,7 +11,10 @@ thread pool of the same size through the same HTTP client class, no ledger. The 
 before and after our dispatch (the machine is shared; the ratio uses their mean), and both paths are
 warmed up first on a few hundred messages, so imports and first connections are not timed. It also
 reports the highest number of our messages the fake saw start in any one-second window, against the
-configured ceiling.
+configured ceiling. With `--processes K` our dispatch runs as K worker processes draining the same
+cycle (tests/support/dispatch_worker.py), each with the full ceiling unless `--shared-limits` makes
+them share it through Prefect rate limits on a `prefect server` started for the run; the rate is then
+taken from the first to the last message the fake saw, so process start-up is not counted.
 """
 
 from __future__ import annotations
@@ -140,13 +144,53 @@ def raw_sdk(base_url: str, n: int, concurrency: int, first: int = 0) -> float:
     return n / (time.perf_counter() - start)
 
 
+def run_workers(url: str, base: str, args: argparse.Namespace) -> tuple[dict[str, Any], float]:
+    """Dispatch cycle 1 with `args.processes` worker processes; return the summed stats and wall seconds."""
+    import json
+    import subprocess
+    from contextlib import ExitStack
+
+    from tests.support.dispatch_worker import worker_settings
+    from tests.support.prefect_server import prefect_server
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    flags = ["--rate", f"{args.rate:g}", "--batch", str(args.batch), "--concurrency", str(args.concurrency)]
+    with ExitStack() as stack:
+        if args.shared_limits:
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            from tasks.rate_limits import ensure_limits
+
+            api = stack.enter_context(prefect_server(Path(tempfile.mkdtemp()) / "prefect"))
+            env["PREFECT_API_URL"] = api
+            flags.append("--shared-limits")
+            with temporary_settings({PREFECT_API_URL: api}):
+                ensure_limits(worker_settings(url, base, base, base, args.rate, True))
+        command = [sys.executable, "-m", "tests.support.dispatch_worker", "--db", url]
+        command += ["--twilio", base, "--sendgrid", base, "--webhooks", base, *flags]
+        start = time.perf_counter()
+        workers = [
+            subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+            for _ in range(args.processes)
+        ]
+        outputs = [w.communicate()[0] for w in workers]
+        wall = time.perf_counter() - start
+    if any(w.returncode for w in workers):
+        raise SystemExit("a dispatch worker failed")
+    stats = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    return {"sent": sum(s["sent"] for s in stats), "per_process": [s["sent"] for s in stats]}, wall
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rate", type=float, default=5000.0, help="configured SMS ceiling (segments/s)")
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=1, help="dispatch worker processes for our side")
+    parser.add_argument("--shared-limits", action="store_true", help="workers share the ceiling (Prefect)")
     args = parser.parse_args()
+    separate = args.processes > 1 or args.shared_limits
 
     from config.settings import SendMode, Settings
     from tasks.dispatch import dispatch_cycle
@@ -187,10 +231,15 @@ def main() -> None:
         raw_before = raw_sdk(base, args.messages, args.concurrency)
         began = time.time()
         start = time.perf_counter()
-        stats = ours(1)
+        if separate:
+            stats, _ = run_workers(url, base, args)
+        else:
+            stats = ours(1)
         our_rate = args.messages / (time.perf_counter() - start)
         parent.send(began)
         our_starts = parent.recv()
+        if separate:
+            our_rate = (len(our_starts) - 1) / (max(our_starts) - min(our_starts))
         raw_after = raw_sdk(base, args.messages, args.concurrency)
         runtime.close()
     parent.send(None)
@@ -201,6 +250,16 @@ def main() -> None:
         f"\nDispatch benchmark: {args.messages:,} SMS, concurrency {args.concurrency}, "
         f"ceiling {args.rate:,.0f}/s, batch {args.batch:,}"
     )
+    if separate:
+        print(
+            f"{args.processes} dispatch processes, "
+            + (
+                "sharing the ceiling (Prefect rate limits)"
+                if args.shared_limits
+                else "each with the full ceiling"
+            )
+            + f"; messages sent per process: {stats['per_process']}"
+        )
     print(
         f"renewals dispatch (ledger, consent re-check, limiter, retries): {our_rate:,.0f} msg/s, "
         f"sent {stats['sent']:,}"

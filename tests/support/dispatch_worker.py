@@ -27,6 +27,7 @@ def worker_settings(
     rate: float = 5000.0,
     shared_limits: bool = False,
     limit_prefix: str = "renewals-rate",
+    concurrency: int = 8,
 ) -> Settings:
     """Return a dispatch worker's settings; `renewals limits ensure` with the same ones creates its limits."""
     return Settings(
@@ -41,6 +42,7 @@ def worker_settings(
         sendgrid_api_key="SG.test-key",  # type: ignore[arg-type]
         sendgrid_host=sendgrid,
         sms_rate_per_second=rate,
+        twilio_concurrency=concurrency,
         sendgrid_rate_per_second=rate,
         shared_rate_limits=shared_limits,
         shared_rate_limit_prefix=limit_prefix,
@@ -60,9 +62,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5000.0, help="SMS and SendGrid ceiling per second")
     parser.add_argument("--shared-limits", action="store_true", help="share the ceiling via Prefect limits")
     parser.add_argument("--limit-prefix", default="renewals-rate")
+    parser.add_argument("--concurrency", type=int, default=8, help="Twilio calls in flight")
     args = parser.parse_args()
     settings = worker_settings(
-        args.db, args.twilio, args.sendgrid, args.webhooks, args.rate, args.shared_limits, args.limit_prefix
+        args.db,
+        args.twilio,
+        args.sendgrid,
+        args.webhooks,
+        args.rate,
+        args.shared_limits,
+        args.limit_prefix,
+        args.concurrency,
     )
     runtime = Runtime(settings)
     senders = {c: runtime.sender(c) for c in ("email", "sms", "whatsapp")}
