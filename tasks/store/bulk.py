@@ -247,8 +247,9 @@ def read_frame(conn: Connection, stmt: Select[Any]) -> pd.DataFrame:
                 buf, header=None, names=names, dtype=str, keep_default_na=False, na_values=["\\N"]
             )
     else:
-        result = conn.execute(stmt)
-        frame = pd.DataFrame(result.fetchall(), columns=names)
+        # Plain tuples: pandas probes every Row for attributes, and each miss raises inside SQLAlchemy.
+        rows = [tuple(row) for row in conn.execute(stmt)]
+        frame = pd.DataFrame.from_records(rows, columns=names) if rows else pd.DataFrame(columns=names)
     return _coerce(frame, columns)
 
 
