@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 from prefect import get_run_logger, task
 from sqlalchemy import Connection
 
@@ -14,7 +15,13 @@ from tasks.runtime import get_runtime
 from tasks.sources.staging import discard, read_clean, read_quarantine
 from tasks.sources.validation import StagedValidation, ValidationResult
 from tasks.store.bulk import SyncStats
-from tasks.store.ingest import append_consents_upto, last_consent_id, upsert_customers, upsert_entity
+from tasks.store.ingest import (
+    ConsentAppend,
+    consent_rows,
+    customer_rows,
+    sync_customer_chunks,
+    sync_entity_chunks,
+)
 from tasks.store.repository import (
     append_consents,
     audit,
@@ -63,34 +70,40 @@ def load_staged(
 ) -> dict[str, Any]:
     """Write the staged chunks and quarantines in one transaction, as `load_validated` writes frames.
 
-    Keys are unique across an entity's chunks (validation quarantined repeats), so upserting chunk
-    by chunk gives the same rows and counts; consents are compared with the store as it was before.
+    Keys are unique across an entity's chunks (validation quarantined repeats), so syncing chunk by
+    chunk gives the same rows and counts; consents are compared with the store as it was before.
     """
     now = utcnow()
     stats: dict[str, Any] = {}
     for entity in ENTITY_ORDER:
         if entity not in result.clean:
             continue
-        total = SyncStats(0, 0, 0)
-        dropped = 0
-        upto = last_consent_id(conn) if entity is Entity.CONSENTS else 0
-        for path in result.clean[entity]:
-            frame = read_clean(path)
-            if entity is Entity.CUSTOMERS:
-                # EU-07: an address suppressed after an erasure must not come back with a CRM re-import.
-                allowed = suppressed_addresses(conn, frame, hash_key)
-                dropped += _dropped(frame, allowed)
-                sync = upsert_customers(conn, allowed, now)
-            elif entity is Entity.CONSENTS:
-                sync = append_consents_upto(conn, frame, controller, now, upto)
-            else:
-                sync = upsert_entity(conn, entity, frame, now)
-            total = SyncStats(
-                total.inserted + sync.inserted, total.updated + sync.updated, total.unchanged + sync.unchanged
-            )
+        paths = result.clean[entity]
         if entity is Entity.CUSTOMERS:
-            stats["suppressed_addresses_dropped"] = dropped
-        stats[entity.value] = _counts(total)
+            # EU-07: an address suppressed after an erasure must not come back with a CRM re-import.
+            stats["suppressed_addresses_dropped"] = sum(
+                _dropped(f, suppressed_addresses(conn, f, hash_key))
+                for f in (read_clean(p, columns=["email", "phone"]) for p in paths)
+            )
+
+            def customers(i: int, columns: list[str] | None, paths: tuple[str, ...] = paths) -> pd.DataFrame:
+                frame = read_clean(paths[i], columns=columns)
+                return frame if columns else customer_rows(suppressed_addresses(conn, frame, hash_key), now)
+
+            sync = sync_customer_chunks(conn, len(paths), customers)
+        elif entity is Entity.CONSENTS:
+            append = ConsentAppend(conn, now)
+            for path in paths:
+                append.add(consent_rows(read_clean(path), controller))
+            sync = append.finish()
+        else:
+
+            def rows(i: int, columns: list[str] | None, paths: tuple[str, ...] = paths) -> pd.DataFrame:
+                frame = read_clean(paths[i], columns=columns)
+                return frame if columns else frame.assign(loaded_at=now)
+
+            sync = sync_entity_chunks(conn, entity, len(paths), rows)
+        stats[entity.value] = _counts(sync)
     stats["quarantine_entries"] = sum(
         insert_quarantine(conn, read_quarantine(result.quarantine[e]), cycle_id, now)
         for e in ENTITY_ORDER

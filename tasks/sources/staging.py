@@ -139,9 +139,9 @@ def write_clean(directory: Path, entity: Entity, index: int, frame: pd.DataFrame
     return _write(frame, folder / f"chunk-{index:05d}.parquet")
 
 
-def read_clean(path: str, lines: bool = False) -> pd.DataFrame:
+def read_clean(path: str, lines: bool = False, columns: list[str] | None = None) -> pd.DataFrame:
     """Read a staged chunk of validated rows with text columns as objects, None where missing."""
-    frame = pd.read_parquet(path)
+    frame = pd.read_parquet(path, columns=columns)
     if not lines:
         frame = frame.drop(columns=[LINE], errors="ignore")
     for name in frame.columns:

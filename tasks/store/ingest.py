@@ -1,31 +1,125 @@
-"""Chunk-wise writes of the staged load: the same results as the whole-frame syncs, in bounded memory."""
+"""Chunk-wise writes of the staged load: the results of the whole-frame syncs, in bounded memory."""
 
 from __future__ import annotations
 
+import io
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Table, func, literal, select
 
 from tasks.domain.contract import CONTRACT, Entity
 from tasks.store import schema as s
-from tasks.store.bulk import SyncStats, copy_frame, insert_frame, read_frame, upsert_frame
+from tasks.store.bulk import (
+    SyncStats,
+    copy_frame,
+    insert_frame,
+    read_frame,
+    sync_frame,
+    update_frame,
+)
 from tasks.store.repository import ENTITY_TABLES
 
 CONSENT_KEY = ["customer_key", "channel", "purpose", "controller"]
 
 
-def upsert_customers(conn: Connection, frame: pd.DataFrame, now: datetime) -> SyncStats:
-    """Upsert one chunk of customers; erased customers are never restored by a re-import."""
-    df = frame.rename(columns={"phone": "phone_e164"}).assign(loaded_at=now)
-    return upsert_frame(conn, s.customers, df, ["customer_key"], only_where_null="erased_at")
+def _temp_table(conn: Connection, table: Table, df: pd.DataFrame, ordinal: bool = False) -> str:
+    """Create an empty temporary table with `df`'s columns typed as in `table`; return its name."""
+    name = f"tmp_{table.name}_{uuid.uuid4().hex[:8]}"
+    cols = ", ".join(f'"{c}"' for c in df.columns)
+    conn.exec_driver_sql(
+        f'CREATE TEMP TABLE {name} ON COMMIT DROP AS SELECT {cols} FROM "{table.name}" WITH NO DATA'
+    )
+    if ordinal:
+        conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN ordinal bigserial")
+    return name
 
 
-def upsert_entity(conn: Connection, entity: Entity, frame: pd.DataFrame, now: datetime) -> SyncStats:
-    """Upsert one chunk of contracts, instalments or activity by key and row hash."""
-    table = ENTITY_TABLES[entity]
-    return upsert_frame(conn, table, frame.assign(loaded_at=now), list(CONTRACT[entity].key))
+ChunkReader = Callable[[int, list[str] | None], pd.DataFrame]
+
+
+def _copy_out_ints(conn: Connection, sql: str, names: list[str]) -> pd.DataFrame:
+    """Run a PostgreSQL query through COPY TO STDOUT and return its integer columns as int64."""
+    raw = conn.connection.driver_connection
+    if raw is None:
+        raise RuntimeError("connection is closed")
+    buf = io.BytesIO()
+    with raw.cursor() as cur, cur.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)") as copy:
+        for chunk in copy:
+            buf.write(chunk)
+    if not buf.getbuffer().nbytes:
+        return pd.DataFrame({n: pd.Series(dtype="int64") for n in names})
+    buf.seek(0)
+    return pd.read_csv(buf, header=None, names=names, dtype="int64")
+
+
+def sync_chunks(
+    conn: Connection,
+    table: Table,
+    key: list[str],
+    chunks: int,
+    read: ChunkReader,
+    only_where_null: str | None = None,
+) -> SyncStats:
+    """Make `table` hold the rows of `chunks` chunks, as `sync_frame` does for one frame.
+
+    `read(i, columns)` returns chunk i as table rows (only `columns` when given). Keys are unique
+    across chunks, so on SQLite each chunk is synced on its own. On PostgreSQL an empty table gets
+    every chunk by COPY; otherwise keys and row hashes alone are copied into a temporary table and
+    compared with the table in one join, and only new rows (COPY) and changed rows (UPDATE, never
+    where `only_where_null` is set) are read again and written, so a rerun writes nearly nothing.
+    """
+    if conn.dialect.name != "postgresql":
+        stats = [sync_frame(conn, table, read(i, None), key, only_where_null) for i in range(chunks)]
+        return SyncStats(*(sum(getattr(x, f) for x in stats) for f in ("inserted", "updated", "unchanged")))
+    if conn.execute(select(literal(1)).select_from(table).limit(1)).first() is None:
+        return SyncStats(sum(insert_frame(conn, table, read(i, None)) for i in range(chunks)), 0, 0)
+    probe = [*key, "row_hash"]
+    tmp = _temp_table(conn, table, pd.DataFrame(columns=probe), ordinal=True)
+    sizes = []
+    for i in range(chunks):
+        frame = read(i, probe)
+        copy_frame(conn, tmp, table, frame)
+        sizes.append(len(frame))
+    conn.exec_driver_sql(f"ANALYZE {tmp}")
+    match = " AND ".join(f't."{k}" = s."{k}"' for k in key)
+    guard = f' AND t."{only_where_null}" IS NULL' if only_where_null else ""
+    diff = _copy_out_ints(
+        conn,
+        f'SELECT s.ordinal - 1, (t."{key[0]}" IS NULL)::int FROM {tmp} s LEFT JOIN "{table.name}" t '
+        f'ON {match} WHERE t."{key[0]}" IS NULL OR (t.row_hash IS DISTINCT FROM s.row_hash{guard})',
+        ["position", "fresh"],
+    )
+    conn.exec_driver_sql(f"DROP TABLE {tmp}")
+    inserted = updated = 0
+    starts = np.concatenate(([0], np.cumsum(sizes)))
+    chunk_of = np.searchsorted(starts, diff["position"].to_numpy(), side="right") - 1
+    for i in np.unique(chunk_of):
+        rows = diff.loc[chunk_of == i]
+        frame = read(int(i), None)
+        local = rows["position"].to_numpy() - starts[i]
+        fresh = rows["fresh"].to_numpy() == 1
+        inserted += insert_frame(conn, table, frame.iloc[np.sort(local[fresh])])
+        updated += update_frame(conn, table, frame.iloc[np.sort(local[~fresh])], key, only_where_null)
+    return SyncStats(inserted, updated, int(starts[-1]) - inserted - updated)
+
+
+def customer_rows(frame: pd.DataFrame, now: datetime) -> pd.DataFrame:
+    """Return validated customers as rows of the customers table."""
+    return frame.rename(columns={"phone": "phone_e164"}).assign(loaded_at=now)
+
+
+def sync_customer_chunks(conn: Connection, chunks: int, read: ChunkReader) -> SyncStats:
+    """Upsert customers chunk by chunk; erased customers are never restored by a re-import."""
+    return sync_chunks(conn, s.customers, ["customer_key"], chunks, read, only_where_null="erased_at")
+
+
+def sync_entity_chunks(conn: Connection, entity: Entity, chunks: int, read: ChunkReader) -> SyncStats:
+    """Upsert contracts, instalments or activity chunk by chunk, by key and row hash."""
+    return sync_chunks(conn, ENTITY_TABLES[entity], list(CONTRACT[entity].key), chunks, read)
 
 
 def last_consent_id(conn: Connection) -> int:
@@ -33,45 +127,69 @@ def last_consent_id(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.max(s.consents.c.consent_id), 0))).scalar_one())
 
 
-def append_consents_upto(
-    conn: Connection, frame: pd.DataFrame, controller: str, now: datetime, upto: int
-) -> SyncStats:
-    """Add one chunk of CRM consent records that differ from the last CRM import of the same key.
-
-    Records are compared with the store as it was before the load began (consent ids up to `upto`),
-    so chunks counted one by one give the counts of `append_consents` on the whole frame.
-    """
-    if frame.empty:
-        return SyncStats(0, 0, 0)
+def consent_rows(frame: pd.DataFrame, controller: str) -> pd.DataFrame:
+    """Return validated CRM consents with the default controller and lawful basis filled in."""
     df = frame.copy()
     df["controller"] = df["controller"].fillna("").replace("", controller)
     df["lawful_basis"] = df["lawful_basis"].fillna("consent")
-    if conn.dialect.name != "postgresql":
-        return _append_consents_frame(conn, df, now, upto)
-    tmp = f"tmp_consents_{uuid.uuid4().hex[:8]}"
-    cols = ", ".join(f'"{c}"' for c in df.columns)
-    conn.exec_driver_sql(f"CREATE TEMP TABLE {tmp} AS SELECT {cols} FROM consents WITH NO DATA")
-    # The ordinal keeps the chunk's order in the consent ids, which break ties between records.
-    conn.exec_driver_sql(f"ALTER TABLE {tmp} ADD COLUMN ordinal bigserial")
-    copy_frame(conn, tmp, s.consents, df)
-    keys = ", ".join(f"c.{k}" for k in CONSENT_KEY)
-    match = " AND ".join(f"l.{k} = s.{k}" for k in CONSENT_KEY)
-    source = ", ".join(f's."{c}"' for c in df.columns)
-    counts = conn.exec_driver_sql(
-        f"WITH last AS (SELECT DISTINCT ON ({keys}) {keys}, c.row_hash FROM consents c "
-        f"WHERE c.origin = 'crm' AND c.consent_id <= %(upto)s "
-        f"AND c.customer_key IN (SELECT customer_key FROM {tmp}) ORDER BY {keys}, c.consent_id DESC), "
-        f"cmp AS (SELECT s.*, l.row_hash AS last_hash FROM {tmp} s LEFT JOIN last l ON {match}), "
-        f"ins AS (INSERT INTO consents ({cols}, origin, recorded_at) "
-        f"SELECT {source}, 'crm', %(now)s FROM cmp s WHERE s.last_hash IS NULL OR s.last_hash <> s.row_hash "
-        "ORDER BY s.ordinal) "
-        "SELECT count(*) FILTER (WHERE last_hash IS NULL), "
-        "count(*) FILTER (WHERE last_hash IS NOT NULL AND last_hash <> row_hash) FROM cmp",
-        {"upto": upto, "now": now},
-    ).one()
-    conn.exec_driver_sql(f"DROP TABLE {tmp}")
-    fresh, changed = int(counts[0]), int(counts[1])
-    return SyncStats(fresh, changed, len(df) - fresh - changed)
+    return df
+
+
+class ConsentAppend:
+    """Append CRM consent records that differ from the last CRM import of the same key, chunk by chunk.
+
+    Records are compared with the store as it was before the load began (consent ids up to `upto`),
+    so the counts are those `append_consents` gives for the whole frame; history is never rewritten.
+    """
+
+    def __init__(self, conn: Connection, now: datetime) -> None:
+        self.conn, self.now = conn, now
+        self.upto = last_consent_id(conn)
+        self.pg = conn.dialect.name == "postgresql"
+        self.temp: str | None = None
+        self.columns: list[str] = []
+        self.rows = 0
+        self.stats = SyncStats(0, 0, 0)
+
+    def add(self, df: pd.DataFrame) -> None:
+        """Take one chunk of prepared consent rows (see `consent_rows`)."""
+        if df.empty:
+            return
+        self.rows += len(df)
+        if not self.pg:
+            got = _append_consents_frame(self.conn, df, self.now, self.upto)
+            self.stats = SyncStats(self.stats.inserted + got.inserted, self.stats.updated + got.updated, 0)
+            return
+        if self.temp is None:
+            # The ordinal keeps the file's order in the consent ids, which break ties between records.
+            self.temp, self.columns = _temp_table(self.conn, s.consents, df, ordinal=True), list(df.columns)
+        copy_frame(self.conn, self.temp, s.consents, df[self.columns])
+
+    def finish(self) -> SyncStats:
+        """Insert what is staged in the database and return the counts."""
+        if self.temp is not None:
+            tmp, cols = self.temp, ", ".join(f'"{c}"' for c in self.columns)
+            keys = ", ".join(f"c.{k}" for k in CONSENT_KEY)
+            match = " AND ".join(f"l.{k} = s.{k}" for k in CONSENT_KEY)
+            source = ", ".join(f's."{c}"' for c in self.columns)
+            self.conn.exec_driver_sql(f"ANALYZE {tmp}")
+            counts = self.conn.exec_driver_sql(
+                f"WITH last AS (SELECT DISTINCT ON ({keys}) {keys}, c.row_hash FROM consents c "
+                f"WHERE c.origin = 'crm' AND c.consent_id <= %(upto)s "
+                f"AND c.customer_key IN (SELECT customer_key FROM {tmp}) "
+                f"ORDER BY {keys}, c.consent_id DESC), "
+                f"cmp AS (SELECT s.*, l.row_hash AS last_hash FROM {tmp} s LEFT JOIN last l ON {match}), "
+                f"ins AS (INSERT INTO consents ({cols}, origin, recorded_at) "
+                f"SELECT {source}, 'crm', %(now)s FROM cmp s "
+                "WHERE s.last_hash IS NULL OR s.last_hash <> s.row_hash ORDER BY s.ordinal) "
+                "SELECT count(*) FILTER (WHERE last_hash IS NULL), "
+                "count(*) FILTER (WHERE last_hash IS NOT NULL AND last_hash <> row_hash) FROM cmp",
+                {"upto": self.upto, "now": self.now},
+            ).one()
+            self.conn.exec_driver_sql(f"DROP TABLE {tmp}")
+            self.stats = SyncStats(int(counts[0]), int(counts[1]), 0)
+        fresh, changed = self.stats.inserted, self.stats.updated
+        return SyncStats(fresh, changed, self.rows - fresh - changed)
 
 
 def _append_consents_frame(conn: Connection, df: pd.DataFrame, now: datetime, upto: int) -> SyncStats:

@@ -253,3 +253,47 @@ def test_staged_results_hold_only_paths_and_counts(portfolio: Path, tmp_path: Pa
         for path in [value] if isinstance(value, str) else value:
             assert Path(path).is_relative_to(home)
             assert Path(path).stat().st_mode & 0o077 == 0 or Path(path).parent.stat().st_mode & 0o077 == 0
+
+
+def test_a_second_load_with_new_changed_and_withdrawn_rows_matches_the_whole_frame_path(
+    stores: Stores, portfolio: Path, tmp_path: Path
+) -> None:
+    def whole_load(engine: Engine, cycle_id: int) -> dict[str, Any]:
+        with engine.connect() as conn:
+            result = validate_all(read_directory(portfolio), MARKETS, lambda e: known_keys(conn, e))
+        with engine.begin() as conn:
+            return load_validated(conn, result, cycle_id, "bank", HASH_KEY)
+
+    _ingest(stores.first, portfolio, tmp_path / "home", chunk_rows=7, cycle_id=1)
+    whole_load(stores.second, 1)
+
+    def change(name: str, edit: Any) -> None:
+        path = portfolio / f"{name}.csv"
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        edit(frame).to_csv(path, index=False)
+
+    def customers(frame: pd.DataFrame) -> pd.DataFrame:
+        frame.loc[[2, 20], "last_name"] = "Renamed"
+        new = frame.iloc[[5, 6]].copy()
+        new["customer_key"] = ["C8000001", "C8000002"]
+        return pd.concat([frame, new], ignore_index=True)
+
+    def instalments(frame: pd.DataFrame) -> pd.DataFrame:
+        frame.loc[frame.index[::9], "paid_date"] = "2026-11-20"
+        return frame
+
+    def consents(frame: pd.DataFrame) -> pd.DataFrame:
+        frame.loc[[1, 8], ["status", "withdrawn_at"]] = ["withdrawn", "2026-11-01T08:00:00Z"]
+        return frame
+
+    change("customers", customers)
+    change("instalments", instalments)
+    change("consents", consents)
+    staged = _ingest(stores.first, portfolio, tmp_path / "home", chunk_rows=7, cycle_id=2)
+    loaded = whole_load(stores.second, 2)
+    assert staged["load"] == loaded
+    assert loaded["customers"]["inserted"] == 2 and loaded["customers"]["updated"] >= 2
+    assert loaded["instalments"]["updated"] > 10 and loaded["consents"]["updated"] == 2
+    first, second = _snapshot(stores.first), _snapshot(stores.second)
+    for name, frame in first.items():
+        pd.testing.assert_frame_equal(frame, second[name], check_dtype=False, obj=name)
