@@ -283,39 +283,6 @@ def _coerce(frame: pd.DataFrame, columns: list[Any]) -> pd.DataFrame:
     return frame
 
 
-def upsert_frame(
-    conn: Connection,
-    table: Table,
-    df: pd.DataFrame,
-    key: list[str],
-    only_where_null: str | None = None,
-) -> SyncStats:
-    """Make `table` hold `df`'s rows, as `sync_frame` does, reading only the keys of `df`.
-
-    On PostgreSQL one INSERT ... ON CONFLICT from a COPY-filled temporary table: new keys are
-    inserted, rows whose row_hash changed are updated and RETURNING tells the two apart (xmax is 0
-    only for a row this statement inserted). Elsewhere `sync_frame`.
-    """
-    if df.empty:
-        return SyncStats(0, 0, 0)
-    if not _is_pg(conn):
-        return sync_frame(conn, table, df, key, only_where_null=only_where_null)
-    tmp = _stage(conn, table, df)
-    cols = ", ".join(f'"{c}"' for c in df.columns)
-    keys = ", ".join(f'"{k}"' for k in key)
-    sets = ", ".join(f'"{c}" = excluded."{c}"' for c in df.columns if c not in key)
-    guard = f't."{only_where_null}" IS NULL AND ' if only_where_null else ""
-    counts = conn.exec_driver_sql(
-        f'WITH up AS (INSERT INTO "{table.name}" AS t ({cols}) SELECT {cols} FROM {tmp} '
-        f"ON CONFLICT ({keys}) DO UPDATE SET {sets} "
-        f"WHERE {guard}t.row_hash IS DISTINCT FROM excluded.row_hash RETURNING (t.xmax = 0) AS fresh) "
-        "SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up"
-    ).one()
-    conn.exec_driver_sql(f"DROP TABLE {tmp}")
-    inserted, updated = int(counts[0]), int(counts[1])
-    return SyncStats(inserted, updated, len(df) - inserted - updated)
-
-
 def copy_frame(conn: Connection, target: str, table: Table, df: pd.DataFrame) -> None:
     """COPY `df` (typed like `table`'s columns) into the table or temporary table named `target`."""
     _copy_in(conn, target, list(df.columns), _csv_payload(df, table))
