@@ -3,6 +3,7 @@ whatever the chunk size, on SQLite and PostgreSQL, and stops on a bad file befor
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -20,6 +21,7 @@ from tasks.load import load_staged, load_validated
 from tasks.sources.demo_data import generate_portfolio, write_portfolio
 from tasks.sources.files import read_directory
 from tasks.sources.raw import SourceError
+from tasks.sources.sql import load_mapping, read_sql_source
 from tasks.sources.staging import raw_chunks, repeated_keys, staging_dir
 from tasks.sources.validation import StagedValidation, validate_all, validate_staged
 from tasks.store import schema as s
@@ -297,3 +299,52 @@ def test_a_second_load_with_new_changed_and_withdrawn_rows_matches_the_whole_fra
     first, second = _snapshot(stores.first), _snapshot(stores.second)
     for name, frame in first.items():
         pd.testing.assert_frame_equal(frame, second[name], check_dtype=False, obj=name)
+
+
+SQL_MAPPING = """\
+entities:
+  customers: {table: crm_customer, columns: {customer_key: id, market: country}}
+  contracts: {table: contracts}
+  instalments: {table: instalments}
+  activity: {query: "SELECT customer_key, month, transactions, last_active FROM activity"}
+  consents: {table: consents}
+"""
+
+
+def _sql_source(portfolio: Path, tmp_path: Path) -> Settings:
+    db = tmp_path / "crm.db"
+    with sqlite3.connect(db) as conn:
+        for entity in ENTITY_ORDER:
+            frame = pd.read_csv(portfolio / f"{entity.value}.csv", dtype=str, keep_default_na=False)
+            if entity is Entity.CUSTOMERS:
+                frame = frame.rename(columns={"customer_key": "id", "market": "country"})
+                frame.to_sql("crm_customer", conn, index=False)
+            else:
+                frame.to_sql(entity.value, conn, index=False)
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(SQL_MAPPING)
+    return Settings(
+        source_kind="sql", source_url=f"sqlite:///{db}", source_mapping=mapping, home=tmp_path / "home"
+    )
+
+
+def test_sql_source_in_chunks_validates_like_the_whole_tables(portfolio: Path, tmp_path: Path) -> None:
+    settings = _sql_source(portfolio, tmp_path).model_copy(update={"ingest_chunk_rows": 9})
+    staged = stage_sources(settings, staging_dir(settings.home, 1))
+    assert all(len(e.chunks) > 1 for e in staged.entities)
+    result = validate_staged(
+        [(e.entity, raw_chunks(e), repeated_keys(e)) for e in staged.entities],
+        MARKETS,
+        Path(staged.directory) / "validated",
+    )
+    whole = validate_all(read_sql_source(settings.source_url, load_mapping(settings.source_mapping)), MARKETS)
+    assert validation_stats(result) == validation_stats(whole)
+
+
+def test_sql_source_missing_a_column_stops_before_anything_is_staged(portfolio: Path, tmp_path: Path) -> None:
+    settings = _sql_source(portfolio, tmp_path)
+    assert settings.source_mapping is not None
+    settings.source_mapping.write_text(SQL_MAPPING.replace("{table: consents}", '{query: "SELECT 1 AS x"}'))
+    with pytest.raises(SourceError, match="sql:consents: missing required column"):
+        stage_sources(settings, staging_dir(settings.home, 1))
+    assert not staging_dir(settings.home, 1).exists()
