@@ -589,10 +589,20 @@ def print_rewards(summary: dict[str, Any]) -> None:
 )
 def limits_ensure() -> None:
     """Create or update the rate limit of each sender (SMS, WhatsApp, email) on the Prefect API."""
+    import httpx
+
+    from tasks.channels.ratelimit import PermitUnavailable
     from tasks.rate_limits import api_url, ensure_limits
 
     settings = _settings()
-    ensured = ensure_limits(settings)
+    try:
+        ensured = ensure_limits(settings)
+    except (PermitUnavailable, ValueError) as exc:
+        err.print(f"limits not ensured: {exc}")
+        raise typer.Exit(code=1) from exc
+    except httpx.HTTPError as exc:
+        err.print(f"limits not ensured: the Prefect API at {api_url()} did not answer ({type(exc).__name__})")
+        raise typer.Exit(code=1) from exc
     table = Table(title=f"Shared rate limits on {api_url()}")
     for column in ("name", "rate/s", "limit", "slot decay/s", "chunk", "permit life (s)", "action"):
         table.add_column(column, overflow="fold")

@@ -57,6 +57,14 @@ def api_url() -> str:
     return get_current_settings().api.url or "in-process (PREFECT_API_URL not set)"
 
 
+def require_api() -> None:
+    """Refuse to work on a process's own in-process Prefect API: the dispatchers would share nothing."""
+    if not get_current_settings().api.url:
+        raise PermitUnavailable(
+            "shared rate limits need the Prefect server every dispatcher talks to: set PREFECT_API_URL"
+        )
+
+
 @dataclass(frozen=True)
 class Ensured:
     """A limit after `ensure_limits`, and what was done to it: created, updated or unchanged."""
@@ -76,6 +84,7 @@ def _matches(found: object, planned: SharedLimit) -> bool:
 
 def ensure_limits(settings: Settings, channels: Sequence[str] = CHANNELS) -> list[Ensured]:
     """Create or update one active global concurrency limit with slot decay per channel's sender."""
+    require_api()
     done: list[Ensured] = []
     with get_client(sync_client=True) as client:
         for channel in channels:
@@ -141,6 +150,7 @@ class PrefectSlots:
     """
 
     def __init__(self, planned: SharedLimit) -> None:
+        require_api()
         self.name = planned.name
         # Made here, so the sender threads use the API this thread's settings name (threads start without
         # Prefect's settings context), and kept open: a client per request would cost a connection each.

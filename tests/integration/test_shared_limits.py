@@ -311,6 +311,21 @@ def test_limits_ensure_creates_a_rate_limit_per_sender_and_updates_it_when_a_rat
     assert sms["limit"] == plan_shared_limit("x", 400, 3).limit
 
 
+def test_limits_ensure_refuses_a_process_without_a_prefect_server_to_share(tmp_path: Path) -> None:
+    env = _env("")
+    del env["PREFECT_API_URL"]
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "limits", "ensure"],
+        cwd=ROOT,
+        env={**env, "PREFECT_HOME": str(tmp_path), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "set PREFECT_API_URL" in done.stderr and "Traceback" not in done.stderr
+
+
 @pytest.mark.postgres
 @pytest.mark.timeout(300)
 def test_a_missing_limit_stops_dispatch_before_anything_is_claimed_or_sent(
