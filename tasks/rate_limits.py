@@ -24,6 +24,7 @@ from tasks.channels.shared_limit import SharedLimit, plan_shared_limit
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 
 CHANNELS = ("sms", "whatsapp", "email")
 ENSURE_HINT = "create it with `renewals limits ensure`"
@@ -74,11 +75,11 @@ class Ensured:
     action: str
 
 
-def _matches(found: object, planned: SharedLimit) -> bool:
+def _matches(found: GlobalConcurrencyLimitResponse, planned: SharedLimit) -> bool:
     return (
-        bool(getattr(found, "active", False))
-        and getattr(found, "limit", None) == planned.limit
-        and math.isclose(float(getattr(found, "slot_decay_per_second", 0.0)), planned.slot_decay_per_second)
+        found.active
+        and found.limit == planned.limit
+        and math.isclose(found.slot_decay_per_second, planned.slot_decay_per_second)
     )
 
 
