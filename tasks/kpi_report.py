@@ -247,7 +247,7 @@ def build_report(
     return data, inputs
 
 
-@task(name="kpi report", **STEP, **IO_RETRIES)
+@task(name="kpi-report", **STEP, **IO_RETRIES)
 def kpi_report_task(
     start: date, end: date, as_of: date, markets: Sequence[str], out: str | None, locale: str
 ) -> dict[str, Any]:

@@ -316,7 +316,7 @@ def has_active_model(kind: ModelKind) -> bool:
         return active_model_artifact(conn, kind) is not None
 
 
-@task(name="read history", **STEP)
+@task(name="read-history", **STEP)
 def read_history(markets: list[str]) -> dict[Entity, pd.DataFrame]:
     """Read the markets' customers, contracts, instalments and activity from the store."""
     with get_runtime().engine.connect() as conn:
@@ -327,7 +327,7 @@ def read_history(markets: list[str]) -> dict[Entity, pd.DataFrame]:
     return history
 
 
-@task(name="train model", **STEP)
+@task(name="train-model", **STEP)
 def train_model(
     kind: ModelKind, history: dict[Entity, pd.DataFrame], as_of: date, markets: list[str], promote: bool
 ) -> dict[str, Any]:
