@@ -12,6 +12,7 @@ from tasks.cycle import open_release, summarise
 from tasks.dispatch import dispatch
 from tasks.gate import release
 from tasks.render import render
+from tasks.runtime import get_runtime
 
 
 @flow(name="release-deferred")
@@ -26,7 +27,7 @@ def release_deferred(markets: list[str] | None = None) -> dict[str, Any]:
     base = {
         "cycle_id": cycle_id,
         "as_of": now.date().isoformat(),
-        "markets": markets or ["all"],
+        "markets": sorted({m.strip().upper() for m in markets}) if markets else sorted(get_runtime().markets),
         "playbook": "(deferred release)",
         "dry_run": False,
         "status": "completed",
