@@ -15,7 +15,6 @@ from tasks.sources.files import check_directory, iter_entity_file, read_director
 from tasks.sources.raw import RawFrame, SourceError
 from tasks.sources.sql import SqlMapping, SqlSource, load_mapping, read_sql_source
 from tasks.sources.staging import RawWriter, StagedSource, discard, entity_order, staging_dir
-from tasks.sources.validation import key_hashes
 
 
 def extract_sources(settings: Settings) -> dict[Entity, RawFrame]:
@@ -34,7 +33,7 @@ def _mapping(settings: Settings) -> SqlMapping:
 def _stage(directory: Path, chunks: dict[Entity, Iterator[RawFrame]]) -> StagedSource:
     staged = []
     for entity, parts in chunks.items():
-        writer = RawWriter(directory, entity, key_hashes(entity))
+        writer = RawWriter(directory, entity)
         for raw in parts:
             writer.add(raw)
         staged.append(writer.finish())

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 
 from tasks._prefect import STEP
 from tasks.runtime import get_runtime
-from tasks.sources.staging import StagedSource, discard_raw, raw_chunks, repeated_keys
+from tasks.sources.staging import StagedSource, discard_raw
 from tasks.sources.validation import StagedValidation, ValidationResult, validate_staged
 from tasks.store.repository import known_keys
 
@@ -19,10 +19,9 @@ def validate(staged: StagedSource) -> StagedValidation:
     """Validate every entity chunk by chunk; children of quarantined parents are quarantined too."""
     rt = get_runtime()
     out = Path(staged.directory) / "validated"
-    entities = [(e.entity, raw_chunks(e), repeated_keys(e)) for e in staged.entities]
     with rt.engine.connect() as conn:
         result = validate_staged(
-            entities, rt.markets, out, known_keys=lambda entity: known_keys(conn, entity)
+            staged.entities, rt.markets, out, known_keys=lambda entity: known_keys(conn, entity)
         )
     # The raw chunks are not needed any more; the validated ones wait for the load.
     discard_raw(staged)

@@ -45,6 +45,9 @@ def check_columns(entity: Entity, source: str, columns: list[str]) -> None:
         )
 
 
+_TEXT = pd.Series([], dtype=str).dtype
+
+
 def as_text(frame: pd.DataFrame) -> pd.DataFrame:
     """Return the contract columns as stripped text, empty string for missing values."""
     out = pd.DataFrame(index=frame.index)
@@ -52,6 +55,9 @@ def as_text(frame: pd.DataFrame) -> pd.DataFrame:
         series = frame[name]
         if pd.api.types.is_datetime64_any_dtype(series):
             text = series.dt.strftime("%Y-%m-%d").where(series.notna(), "")
+        elif series.dtype == _TEXT:
+            # Already text (a CSV read): the round trip through objects below gives the same, slower.
+            text = series.fillna("")
         else:
             text = series.astype("object").where(series.notna(), "").astype(str)
         out[name] = text.str.strip()

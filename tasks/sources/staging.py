@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +49,6 @@ class StagedEntity:
     line_label: str
     rows: int
     chunks: tuple[str, ...]
-    repeated_keys: str
 
 
 @dataclass(frozen=True)
@@ -70,24 +69,20 @@ class StagedSource:
 
 
 def _write(frame: pd.DataFrame, path: Path) -> str:
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, compression="zstd")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, compression="lz4")
     return str(path)
 
 
 class RawWriter:
-    """Write one entity's raw chunks as they are read, and remember which keys come up more than once."""
+    """Write one entity's raw chunks as they are read."""
 
-    def __init__(
-        self, directory: Path, entity: Entity, key_hashes: Callable[[pd.DataFrame], np.ndarray]
-    ) -> None:
+    def __init__(self, directory: Path, entity: Entity) -> None:
         self.directory = _private_dir(directory / "raw" / entity.value)
         self.entity = entity
-        self.key_hashes = key_hashes
         self.source = ""
         self.line_label = "line"
         self.rows = 0
         self.chunks: list[str] = []
-        self.hashes: list[np.ndarray] = []
 
     def add(self, raw: RawFrame) -> None:
         """Stage one chunk of raw rows."""
@@ -95,19 +90,10 @@ class RawWriter:
         frame = raw.frame.reset_index(drop=True).assign(**{LINE: raw.lines.to_numpy(dtype=np.int64)})
         self.chunks.append(_write(frame, self.directory / f"chunk-{len(self.chunks):05d}.parquet"))
         self.rows += len(frame)
-        self.hashes.append(self.key_hashes(raw.frame))
 
     def finish(self) -> StagedEntity:
         """Return the staged entity once every chunk is written."""
-        hashes = np.concatenate(self.hashes) if self.hashes else np.empty(0, dtype=np.uint64)
-        self.hashes = []
-        hashes = np.sort(hashes[hashes != 0])
-        repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
-        path = self.directory / "repeated-keys.npy"
-        np.save(path, repeated)
-        return StagedEntity(
-            self.entity, self.source, self.line_label, self.rows, tuple(self.chunks), str(path)
-        )
+        return StagedEntity(self.entity, self.source, self.line_label, self.rows, tuple(self.chunks))
 
 
 def discard_raw(source: StagedSource) -> None:
@@ -115,22 +101,20 @@ def discard_raw(source: StagedSource) -> None:
     discard(Path(source.directory) / "raw")
 
 
-def read_raw(entity: StagedEntity, path: str) -> RawFrame:
-    """Read one staged raw chunk back, with its line numbers."""
-    frame = pd.read_parquet(path)
+def read_raw(entity: StagedEntity, path: str, columns: list[str] | None = None) -> RawFrame:
+    """Read one staged raw chunk back (only `columns`, those of them it has, when given), with lines."""
+    if columns is not None:
+        present = set(pq.read_schema(path).names)
+        columns = [c for c in columns if c in present] + [LINE]
+    frame = pd.read_parquet(path, columns=columns)
     lines = frame.pop(LINE).astype("int64")
     return RawFrame(entity.entity, entity.source, frame, lines, entity.line_label)
 
 
-def raw_chunks(entity: StagedEntity) -> Iterator[RawFrame]:
-    """Yield an entity's staged raw chunks in file order."""
+def raw_chunks(entity: StagedEntity, columns: list[str] | None = None) -> Iterator[RawFrame]:
+    """Yield an entity's staged raw chunks in file order (only `columns` when given)."""
     for path in entity.chunks:
-        yield read_raw(entity, path)
-
-
-def repeated_keys(entity: StagedEntity) -> np.ndarray:
-    """Return the sorted hashes of keys that occur more than once in the entity's source."""
-    return np.asarray(np.load(entity.repeated_keys), dtype=np.uint64)
+        yield read_raw(entity, path, columns)
 
 
 def write_clean(directory: Path, entity: Entity, index: int, frame: pd.DataFrame) -> str:

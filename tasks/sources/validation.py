@@ -20,7 +20,14 @@ from tasks.domain.markets import Market
 from tasks.domain.messaging import normalise_locale
 from tasks.sources.phones import normalise_phones
 from tasks.sources.raw import RawFrame
-from tasks.sources.staging import LINE, read_clean, write_clean, write_quarantine
+from tasks.sources.staging import (
+    LINE,
+    StagedEntity,
+    raw_chunks,
+    read_clean,
+    write_clean,
+    write_quarantine,
+)
 
 
 class Reason(StrEnum):
@@ -436,21 +443,34 @@ def validate_all(
     return ValidationResult(clean, quarantine, rows_read)
 
 
-def key_hashes(entity: Entity) -> Callable[[pd.DataFrame], np.ndarray]:
-    """Return a function giving each raw row's 64-bit key hash; 0 for a row without a complete key."""
+# Joins the parts of a composite key; a raw value holding it can only cause a needless hold-back.
+_KEY_SEPARATOR = "\x1f"
+
+
+def joined_keys(frame: pd.DataFrame, entity: Entity) -> pd.Series | None:
+    """Return each raw row's key as one text, "" when a required part is empty; None without key columns."""
     spec = CONTRACT[entity]
     key = list(spec.key)
-    required = [k for k in key if spec.column(k).required]
+    if any(k not in frame.columns for k in key):
+        return None
+    joined = frame[key[0]] if len(key) == 1 else frame[key[0]].str.cat(frame[key[1:]], sep=_KEY_SEPARATOR)
+    complete = (frame[[k for k in key if spec.column(k).required]] != "").all(axis=1)
+    return joined.where(complete, "")
 
-    def hashes(frame: pd.DataFrame) -> np.ndarray:
-        if any(k not in frame.columns for k in key) or frame.empty:
-            return np.zeros(len(frame), dtype=np.uint64)
-        # As objects, so a chunk hashes alike whatever string dtype it was read with.
-        out = pd.util.hash_pandas_object(frame[key].astype("object"), index=False).to_numpy(np.uint64)
-        complete = (frame[required] != "").all(axis=1).to_numpy()
-        return np.where(complete, out, np.uint64(0))
 
-    return hashes
+def repeated_keys(entity: StagedEntity) -> pd.Index:
+    """Return the keys that occur more than once in an entity's staged raw rows (reads key columns only)."""
+    parts = [
+        keys
+        for raw in raw_chunks(entity, list(CONTRACT[entity.entity].key))
+        if (keys := joined_keys(raw.frame, entity.entity)) is not None
+    ]
+    if not parts:
+        return pd.Index([], dtype=object)
+    keys = pd.concat(parts, ignore_index=True)
+    counts = keys[keys != ""].value_counts()
+    repeated: pd.Index = counts.index[counts.to_numpy() > 1]
+    return repeated
 
 
 @dataclass(frozen=True)
@@ -541,14 +561,14 @@ class _EntityRun:
         self.read = 0
         self.valid = 0
 
-    def validate(self, chunks: Iterable[RawFrame], repeated: np.ndarray) -> None:
-        """Validate every chunk; rows whose key hash is in `repeated` are checked together at the end."""
-        hashes = key_hashes(self.entity)
+    def validate(self, chunks: Iterable[RawFrame], repeated: pd.Index) -> None:
+        """Validate every chunk; rows whose key is in `repeated` are checked together at the end."""
         held: list[RawFrame] = []
         for raw in chunks:
             self.read += len(raw.frame)
-            if len(repeated):
-                maybe = np.isin(hashes(raw.frame), repeated)
+            keys = joined_keys(raw.frame, self.entity) if len(repeated) else None
+            if keys is not None:
+                maybe = keys.isin(repeated).to_numpy(dtype=bool)
                 if maybe.any():
                     held.append(_take(raw, maybe))
                     raw = _take(raw, ~maybe)
@@ -589,17 +609,17 @@ class _EntityRun:
 
 
 def validate_staged(
-    staged: Sequence[tuple[Entity, Iterable[RawFrame], np.ndarray]],
+    staged: Sequence[StagedEntity],
     markets: Mapping[str, Market],
     out: Path,
     known_keys: Callable[[Entity], pd.Index] | None = None,
 ) -> StagedValidation:
     """Validate every entity chunk by chunk, writing clean chunks and quarantines under `out`.
 
-    `staged` gives each entity (in dependency order) with its raw chunks and the hashes of keys that
-    occur more than once in its source. Rows with such a key are held back until the entity's last
-    chunk and then checked together, so duplicates anywhere in a file are caught exactly as when
-    the file is validated whole; every other rule looks at one row at a time. Quarantines come out
+    `staged` gives each entity's raw chunks, in dependency order. A first pass over the key columns
+    finds the keys that occur more than once; rows with such a key are held back until the entity's
+    last chunk and then checked together, so duplicates anywhere in a file are caught exactly as
+    when the file is validated whole; every other rule looks at one row at a time. Quarantines come out
     in the same order and the counts are the same as `validate_all` gives.
     """
     parents = _ParentKeys(known_keys)
@@ -609,9 +629,10 @@ def validate_staged(
     rows_valid: dict[Entity, int] = {}
     quarantined_rows: dict[str, int] = {}
     reasons: dict[str, int] = {}
-    for entity, chunks, repeated in staged:
+    for staged_entity in staged:
+        entity = staged_entity.entity
         run = _EntityRun(entity, markets, parents, out)
-        run.validate(chunks, repeated)
+        run.validate(raw_chunks(staged_entity), repeated_keys(staged_entity))
         quarantine = _sorted_quarantine(run.problems)
         clean_paths[entity], rows_read[entity], rows_valid[entity] = tuple(run.paths), run.read, run.valid
         if not quarantine.empty:

@@ -22,7 +22,7 @@ from tasks.sources.demo_data import generate_portfolio, write_portfolio
 from tasks.sources.files import read_directory
 from tasks.sources.raw import SourceError
 from tasks.sources.sql import load_mapping, read_sql_source
-from tasks.sources.staging import raw_chunks, repeated_keys, staging_dir
+from tasks.sources.staging import staging_dir
 from tasks.sources.validation import StagedValidation, validate_all, validate_staged
 from tasks.store import schema as s
 from tasks.store.bulk import read_frame
@@ -73,10 +73,9 @@ def _settings(source: Path, home: Path, chunk_rows: int) -> Settings:
 def _ingest(engine: Engine, source: Path, home: Path, chunk_rows: int, cycle_id: int = 1) -> dict[str, Any]:
     """Run extract, validate and load the way the cycle's tasks do; return the stage counts."""
     staged = stage_sources(_settings(source, home, chunk_rows), staging_dir(home, cycle_id))
-    entities = [(e.entity, raw_chunks(e), repeated_keys(e)) for e in staged.entities]
     with engine.connect() as conn:
         result = validate_staged(
-            entities, MARKETS, Path(staged.directory) / "validated", lambda e: known_keys(conn, e)
+            staged.entities, MARKETS, Path(staged.directory) / "validated", lambda e: known_keys(conn, e)
         )
     with engine.begin() as conn:
         loaded = load_staged(conn, result, cycle_id, "bank", HASH_KEY)
@@ -246,7 +245,7 @@ def test_staged_results_hold_only_paths_and_counts(portfolio: Path, tmp_path: Pa
     assert staged.directory == str(staging_dir(home, 7))
     assert staged.rows == {e.value: len(f.frame) for e, f in read_directory(portfolio).items()}
     result = validate_staged(
-        [(e.entity, raw_chunks(e), repeated_keys(e)) for e in staged.entities],
+        staged.entities,
         MARKETS,
         Path(staged.directory) / "validated",
     )
@@ -333,7 +332,7 @@ def test_sql_source_in_chunks_validates_like_the_whole_tables(portfolio: Path, t
     staged = stage_sources(settings, staging_dir(settings.home, 1))
     assert all(len(e.chunks) > 1 for e in staged.entities)
     result = validate_staged(
-        [(e.entity, raw_chunks(e), repeated_keys(e)) for e in staged.entities],
+        staged.entities,
         MARKETS,
         Path(staged.directory) / "validated",
     )
