@@ -471,17 +471,34 @@ def joined_keys(frame: pd.DataFrame, entity: Entity) -> pd.Series | None:
     return joined.where(complete, "")
 
 
+def _hashes(keys: pd.Series) -> np.ndarray:
+    return np.fromiter(map(hash, keys.tolist()), dtype=np.int64, count=len(keys))
+
+
 def repeated_keys(entity: StagedEntity) -> pd.Index:
-    """Return the keys that occur more than once in an entity's staged raw rows (reads key columns only)."""
-    parts = [
-        keys
-        for raw in raw_chunks(entity, list(CONTRACT[entity.entity].key))
-        if (keys := joined_keys(raw.frame, entity.entity)) is not None
-    ]
-    if not parts:
+    """Return the keys that occur more than once in an entity's staged raw rows (reads key columns only).
+
+    Keys are compared as 64-bit hashes first, so memory stays at 8 bytes a row; the few keys whose
+    hash repeats are then counted as text, so a hash collision never holds back a row.
+    """
+    columns = list(CONTRACT[entity.entity].key)
+    hashes: list[np.ndarray] = []
+    for raw in raw_chunks(entity, columns):
+        keys = joined_keys(raw.frame, entity.entity)
+        if keys is None:
+            return pd.Index([], dtype=object)
+        hashes.append(np.where((keys != "").to_numpy(dtype=bool), _hashes(keys), 0))
+    every = np.sort(np.concatenate(hashes)) if hashes else np.empty(0, dtype=np.int64)
+    every = every[every != 0]
+    candidates = np.unique(every[1:][every[1:] == every[:-1]])
+    if not len(candidates):
         return pd.Index([], dtype=object)
-    keys = pd.concat(parts, ignore_index=True)
-    counts = keys[keys != ""].value_counts()
+    found = []
+    for raw, chunk_hashes in zip(raw_chunks(entity, columns), hashes, strict=True):
+        keys = joined_keys(raw.frame, entity.entity)
+        assert keys is not None
+        found.append(keys[np.isin(chunk_hashes, candidates)])
+    counts = pd.concat(found, ignore_index=True).value_counts()
     repeated: pd.Index = counts.index[counts.to_numpy() > 1]
     return repeated
 
