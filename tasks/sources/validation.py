@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -157,6 +157,18 @@ def _matches_key(text: pd.Series) -> pd.Series:
         matched = pc.fill_null(pc.match_substring_regex(values, _KEY.pattern), False)
         return pd.Series(np.asarray(matched.to_numpy(zero_copy_only=False), dtype=bool), index=text.index)
     return text.astype("object").str.match(_KEY).fillna(False).astype(bool)
+
+
+def _is_in(values: pd.Series, keys: pd.Index | pa.Array) -> pd.Series:
+    """Return whether each value is one of `keys` (an Arrow array holds millions of keys compactly)."""
+    if isinstance(keys, pd.Index):
+        return values.isin(keys)
+    found = pc.is_in(
+        pa.array(values.to_numpy(dtype=object), type=pa.string(), from_pandas=True), value_set=keys
+    )
+    return pd.Series(
+        np.asarray(pc.fill_null(found, False).to_numpy(zero_copy_only=False), dtype=bool), index=values.index
+    )
 
 
 def _row_hash(frame: pd.DataFrame) -> pd.Series:
@@ -334,7 +346,7 @@ class Validated:
 def validate_entity(
     raw: RawFrame,
     markets: Mapping[str, Market],
-    parent_keys: pd.Index | None = None,
+    parent_keys: pd.Index | pa.Array | None = None,
     parent_regions: Mapping[str, str] | None = None,
 ) -> Validated:
     """Validate one entity; rows with any problem are quarantined whole, with one entry per problem."""
@@ -360,7 +372,7 @@ def validate_entity(
 
     if spec.parent is not None and parent_keys is not None:
         _, fk = spec.parent
-        orphan = parsed[fk].notna() & ~parsed[fk].isin(parent_keys)
+        orphan = parsed[fk].notna() & ~_is_in(parsed[fk], parent_keys)
         problems.add(orphan, fk, Reason.UNKNOWN_PARENT, f"no valid {spec.parent[0].value} row with this {fk}")
 
     clean = pd.DataFrame(parsed)
@@ -493,22 +505,24 @@ def repeated_keys(entity: StagedEntity) -> pd.Index:
     hash repeats are then counted as text, so a hash collision never holds back a row.
     """
     columns = list(CONTRACT[entity.entity].key)
-    hashes: list[np.ndarray] = []
-    for raw in raw_chunks(entity, columns):
-        keys = joined_keys(raw.frame, entity.entity)
-        if keys is None:
-            return pd.Index([], dtype=object)
-        hashes.append(np.where((keys != "").to_numpy(dtype=bool), _hashes(keys), 0))
-    every = np.sort(np.concatenate(hashes)) if hashes else np.empty(0, dtype=np.int64)
+
+    def hashed() -> Iterator[tuple[pd.Series, np.ndarray]]:
+        for raw in raw_chunks(entity, columns):
+            keys = joined_keys(raw.frame, entity.entity)
+            if keys is None:
+                return
+            yield keys, np.where((keys != "").to_numpy(dtype=bool), _hashes(keys), 0)
+
+    parts = [h for _, h in hashed()]
+    every = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    del parts
+    every.sort()
     every = every[every != 0]
     candidates = np.unique(every[1:][every[1:] == every[:-1]])
+    del every
     if not len(candidates):
         return pd.Index([], dtype=object)
-    found = []
-    for raw, chunk_hashes in zip(raw_chunks(entity, columns), hashes, strict=True):
-        keys = joined_keys(raw.frame, entity.entity)
-        assert keys is not None
-        found.append(keys[np.isin(chunk_hashes, candidates)])
+    found = [keys[np.isin(h, candidates)] for keys, h in hashed()]
     counts = pd.concat(found, ignore_index=True).value_counts()
     repeated: pd.Index = counts.index[counts.to_numpy() > 1]
     return repeated
@@ -547,20 +561,24 @@ def _take(raw: RawFrame, mask: np.ndarray) -> RawFrame:
 
 
 class _ParentKeys:
-    """The keys a child row may point at: valid parents of this run plus those already in the store."""
+    """The keys a child row may point at: valid parents of this run plus those already in the store.
+
+    Held as Arrow strings (~15 bytes a key instead of ~70 as Python objects): 2.6M contract keys at
+    1M customers.
+    """
 
     def __init__(self, known_keys: Callable[[Entity], pd.Index] | None) -> None:
         self.known_keys = known_keys
-        self.clean: dict[Entity, list[np.ndarray]] = {}
-        self.ready: dict[Entity, pd.Index] = {}
+        self.clean: dict[Entity, list[pa.Array]] = {}
+        self.ready: dict[Entity, pa.Array] = {}
 
     def collect(self, entity: Entity, clean: pd.DataFrame) -> None:
         """Remember the keys of validated rows of a parent entity."""
         if entity in _PARENTS:
-            key = CONTRACT[entity].key[0]
-            self.clean.setdefault(entity, []).append(clean[key].to_numpy(dtype=object))
+            keys = clean[CONTRACT[entity].key[0]].to_numpy(dtype=object)
+            self.clean.setdefault(entity, []).append(pa.array(keys, type=pa.string(), from_pandas=True))
 
-    def of(self, entity: Entity) -> pd.Index | None:
+    def of(self, entity: Entity) -> pa.Array | None:
         """Return the keys valid as parents of `entity`'s rows, or None when it has no parent."""
         spec = CONTRACT[entity]
         if spec.parent is None:
@@ -568,10 +586,11 @@ class _ParentKeys:
         parent = spec.parent[0]
         if parent not in self.ready:
             parts = self.clean.pop(parent, [])
-            keys = pd.Index(np.concatenate(parts) if parts else np.empty(0, dtype=object))
             if self.known_keys is not None:
-                keys = keys.union(self.known_keys(parent))
-            self.ready[parent] = keys
+                known = self.known_keys(parent).to_numpy(dtype=object)
+                parts.append(pa.array(known, type=pa.string(), from_pandas=True))
+            keys = pa.concat_arrays(parts) if parts else pa.array([], type=pa.string())
+            self.ready[parent] = pc.unique(keys)
         return self.ready[parent]
 
 
