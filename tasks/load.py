@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 from prefect import get_run_logger, task
 from sqlalchemy import Connection
 
@@ -12,7 +13,7 @@ from tasks._prefect import IO_RETRIES, STEP
 from tasks.domain.contract import ENTITY_ORDER, Entity
 from tasks.dsr import suppressed_addresses
 from tasks.runtime import get_runtime
-from tasks.sources.staging import discard, read_clean, read_quarantine
+from tasks.sources.staging import discard, read_clean, read_clean_arrow, read_quarantine
 from tasks.sources.validation import StagedValidation, ValidationResult
 from tasks.store.bulk import SyncStats
 from tasks.store.ingest import (
@@ -74,6 +75,8 @@ def load_staged(
     chunk gives the same rows and counts; consents are compared with the store as it was before.
     """
     now = utcnow()
+    # The type pandas gives `now` in a column, so both readers write the same text.
+    loaded_at = pa.scalar(now, pa.timestamp("us", "UTC"))
     stats: dict[str, Any] = {}
     for entity in ENTITY_ORDER:
         if entity not in result.clean:
@@ -102,7 +105,11 @@ def load_staged(
                 frame = read_clean(paths[i], columns=columns)
                 return frame if columns else frame.assign(loaded_at=now)
 
-            sync = sync_entity_chunks(conn, entity, len(paths), rows)
+            def arrow_rows(i: int, paths: tuple[str, ...] = paths) -> pa.Table:
+                data = read_clean_arrow(paths[i])
+                return data.append_column("loaded_at", pa.repeat(loaded_at, data.num_rows))
+
+            sync = sync_entity_chunks(conn, entity, len(paths), rows, arrow_rows)
         stats[entity.value] = _counts(sync)
     stats["quarantine_entries"] = sum(
         insert_quarantine(conn, read_quarantine(result.quarantine[e]), cycle_id, now)

@@ -134,6 +134,12 @@ def read_clean(path: str, lines: bool = False, columns: list[str] | None = None)
     return frame
 
 
+def read_clean_arrow(path: str) -> pa.Table:
+    """Read a staged chunk of validated rows as Arrow, without line numbers."""
+    rows = pq.read_table(path)
+    return rows.drop_columns([LINE]) if LINE in rows.column_names else rows
+
+
 def write_quarantine(directory: Path, entity: Entity, frame: pd.DataFrame) -> str:
     """Stage an entity's quarantine (its raw rows as JSON text) and return the path."""
     folder = _private_dir(directory / "quarantine")

@@ -5,16 +5,21 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from sqlalchemy import Connection, Table, func, literal, select
 
 from tasks.domain.contract import CONTRACT, Entity
 from tasks.store import schema as s
 from tasks.store.bulk import (
     SyncStats,
+    _copy_in,
+    _csv_payload,
+    arrow_payload,
     copy_frame,
     insert_frame,
     read_frame,
@@ -39,6 +44,51 @@ def _temp_table(conn: Connection, table: Table, df: pd.DataFrame, ordinal: bool 
 
 
 ChunkReader = Callable[[int, list[str] | None], pd.DataFrame]
+# Chunk i as table rows in Arrow; called from a worker thread, so it must not use the connection.
+ArrowReader = Callable[[int], pa.Table]
+Payload = tuple[list[str], bytes, int]
+
+
+def _frame_payload(frame: pd.DataFrame, table: Table) -> Payload:
+    return list(frame.columns), _csv_payload(frame, table) if len(frame) else b"", len(frame)
+
+
+def _arrow_chunk(read: ArrowReader, i: int, table: Table) -> Payload:
+    rows = read(i)
+    return rows.column_names, arrow_payload(rows, table) if rows.num_rows else b"", rows.num_rows
+
+
+def copy_chunks(
+    conn: Connection, table: Table, chunks: int, read: ChunkReader, arrow: ArrowReader | None
+) -> int:
+    """COPY every chunk into `table` and return the row count; the next chunk's CSV is built meanwhile.
+
+    PostgreSQL parses, indexes and logs one chunk in its own process while a thread builds the
+    next chunk's payload, so the two cores work at once; at most two payloads are held.
+    """
+    written = 0
+
+    def copy(job: Future[Payload]) -> None:
+        nonlocal written
+        columns, payload, rows = job.result()
+        if rows:
+            _copy_in(conn, f'"{table.name}"', columns, payload)
+            written += rows
+
+    with ThreadPoolExecutor(1, thread_name_prefix="copy-payload") as pool:
+        pending: Future[Payload] | None = None
+        for i in range(chunks):
+            if arrow is not None:
+                job = pool.submit(_arrow_chunk, arrow, i, table)
+            else:
+                # `read` may query the connection, so it runs here, between the COPYs.
+                job = pool.submit(_frame_payload, read(i, None), table)
+            if pending is not None:
+                copy(pending)
+            pending = job
+        if pending is not None:
+            copy(pending)
+    return written
 
 
 def _copy_out_ints(conn: Connection, sql: str, names: list[str]) -> pd.DataFrame:
@@ -63,10 +113,12 @@ def sync_chunks(
     chunks: int,
     read: ChunkReader,
     only_where_null: str | None = None,
+    arrow: ArrowReader | None = None,
 ) -> SyncStats:
     """Make `table` hold the rows of `chunks` chunks, as `sync_frame` does for one frame.
 
-    `read(i, columns)` returns chunk i as table rows (only `columns` when given). Keys are unique
+    `read(i, columns)` returns chunk i as table rows (only `columns` when given); `arrow(i)`, when
+    given, returns the same rows in Arrow, for the COPY into an empty table. Keys are unique
     across chunks, so on SQLite each chunk is synced on its own. On PostgreSQL an empty table gets
     every chunk by COPY; otherwise keys and row hashes alone are copied into a temporary table and
     compared with the table in one join, and only new rows (COPY) and changed rows (UPDATE, never
@@ -76,7 +128,7 @@ def sync_chunks(
         stats = [sync_frame(conn, table, read(i, None), key, only_where_null) for i in range(chunks)]
         return SyncStats(*(sum(getattr(x, f) for x in stats) for f in ("inserted", "updated", "unchanged")))
     if conn.execute(select(literal(1)).select_from(table).limit(1)).first() is None:
-        return SyncStats(sum(insert_frame(conn, table, read(i, None)) for i in range(chunks)), 0, 0)
+        return SyncStats(copy_chunks(conn, table, chunks, read, arrow), 0, 0)
     probe = [*key, "row_hash"]
     tmp = _temp_table(conn, table, pd.DataFrame(columns=probe), ordinal=True)
     sizes = []
@@ -117,9 +169,11 @@ def sync_customer_chunks(conn: Connection, chunks: int, read: ChunkReader) -> Sy
     return sync_chunks(conn, s.customers, ["customer_key"], chunks, read, only_where_null="erased_at")
 
 
-def sync_entity_chunks(conn: Connection, entity: Entity, chunks: int, read: ChunkReader) -> SyncStats:
+def sync_entity_chunks(
+    conn: Connection, entity: Entity, chunks: int, read: ChunkReader, arrow: ArrowReader | None = None
+) -> SyncStats:
     """Upsert contracts, instalments or activity chunk by chunk, by key and row hash."""
-    return sync_chunks(conn, ENTITY_TABLES[entity], list(CONTRACT[entity].key), chunks, read)
+    return sync_chunks(conn, ENTITY_TABLES[entity], list(CONTRACT[entity].key), chunks, read, arrow=arrow)
 
 
 def last_consent_id(conn: Connection) -> int:
