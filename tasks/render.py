@@ -48,6 +48,11 @@ def _share(value: float, locale: str) -> str:
     return format_share(value, locale)
 
 
+def _date(value: Any) -> date:
+    # The loop passes dates already converted for the whole frame; other callers may pass timestamps.
+    return value if type(value) is date else pd.Timestamp(value).date()
+
+
 def link_token(secret: bytes, message_key: str) -> str:
     """Return an opaque per-message token for links, so no customer data appears in URLs."""
     return hmac.new(secret, message_key.encode(), hashlib.sha256).hexdigest()[:20]
@@ -67,8 +72,8 @@ def message_context(
 ) -> dict[str, Any]:
     """Return the template context of one message (instalment fields filled for repayment messages)."""
     locale = row["locale"]
-    term_end = pd.Timestamp(row["term_end"]).date()
-    anchor = pd.Timestamp(row["anchor_date"]).date()
+    term_end = _date(row["term_end"])
+    anchor = _date(row["anchor_date"])
     step = playbook.step(step_id)
     offer = step.offer
     token = link_token(link_secret, row["message_key"])
@@ -204,7 +209,8 @@ def render_cycle(
     out: list[dict[str, Any]] = []
     now = utcnow()
     fallback, failures = 0, 0
-    records: list[dict[str, Any]] = rows.to_dict("records")  # type: ignore[assignment]
+    dates = {c: pd.to_datetime(rows[c]).dt.date for c in ("term_end", "anchor_date")}
+    records: list[dict[str, Any]] = rows.assign(**dates).to_dict("records")  # type: ignore[assignment]
     for row in records:
         try:
             ctx = message_context(

@@ -43,6 +43,7 @@ class Rendered:
     segments: int | None = None
 
 
+@lru_cache(maxsize=256)
 def babel_locale(tag: str) -> Locale:
     """Return the Babel locale for a BCP 47 tag, falling back along the chain to English."""
     for candidate in locale_chain(tag):
@@ -102,9 +103,14 @@ class Renderer:
         )
         self._resolved: dict[tuple[str, str, str], str | None] = {}
         self._compiled: dict[str, Template] = {}
+        self._blocks: dict[tuple[str, str], str | None] = {}
+        self._files: dict[str, bool] = {}
 
     def _exists(self, name: str) -> bool:
-        return (self.templates_dir / name).is_file()
+        # Templates are read once per process (auto_reload is off), so a file's presence is too.
+        if name not in self._files:
+            self._files[name] = (self.templates_dir / name).is_file()
+        return self._files[name]
 
     def resolve(self, channel: str, template: str, locale: str) -> str | None:
         """Return the most specific locale that has every part of the template, or None."""
@@ -178,15 +184,17 @@ class Renderer:
     def _offer_block(self, channel: str, locale: str, ctx: Mapping[str, Any]) -> tuple[str, str]:
         """Render the removable reward offer block (text, and HTML for email)."""
         folder = f"{channel}/_blocks/reward_offer"
-        parts = ("txt", "html") if channel == "email" else ("txt",)
-        for candidate in locale_chain(locale):
-            if all(self._exists(f"{folder}/{candidate}.{p}.j2") for p in parts):
-                text = self._template(f"{folder}/{candidate}.txt.j2").render(ctx).strip()
-                html = (
-                    self._template(f"{folder}/{candidate}.html.j2").render(ctx) if channel == "email" else ""
-                )
-                return text, html
-        raise TemplateMissing(f"{folder} for {locale}")
+        if (channel, locale) not in self._blocks:
+            parts = ("txt", "html") if channel == "email" else ("txt",)
+            chain = locale_chain(locale)
+            found = [c for c in chain if all(self._exists(f"{folder}/{c}.{p}.j2") for p in parts)]
+            self._blocks[(channel, locale)] = found[0] if found else None
+        candidate = self._blocks[(channel, locale)]
+        if candidate is None:
+            raise TemplateMissing(f"{folder} for {locale}")
+        text = self._template(f"{folder}/{candidate}.txt.j2").render(ctx).strip()
+        html = self._template(f"{folder}/{candidate}.html.j2").render(ctx) if channel == "email" else ""
+        return text, html
 
 
 @lru_cache(maxsize=64)
@@ -198,6 +206,7 @@ def _labels(templates_dir: Path, lang: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()}
 
 
+@lru_cache(maxsize=4096)
 def label(templates_dir: Path, key: str, tag: str) -> str:
     """Return the translated label for `key` (e.g. product.loan), following the locale chain."""
     for candidate in locale_chain(tag):
