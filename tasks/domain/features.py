@@ -326,8 +326,12 @@ def _history(
     paid = _days(instalments["paid_date"])
     late = np.isnan(paid) | (paid > due)
     severe = np.isnan(paid) | (paid - due >= DPD_LABEL_DAYS)
-    amount = pd.to_numeric(instalments["amount"], errors="coerce").to_numpy(dtype=np.float64)
-    amount_eur = amount / _mapped(instalments["currency"], units_per_eur)
+    # Renewal scoring never looks at amounts, so its callers may leave them out (None for all).
+    if "amount" in instalments:
+        amount = pd.to_numeric(instalments["amount"], errors="coerce").to_numpy(dtype=np.float64)
+        amount_eur = amount / _mapped(instalments["currency"], units_per_eur)
+    else:
+        amount_eur = np.full(len(instalments), np.nan)
 
     # Oldest overdue instalment at any date: in due-date order, the running maximum of the "settled" day
     # (the later of due and paid; never if unpaid) first reaches the date at the oldest one still open.

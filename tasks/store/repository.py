@@ -16,6 +16,7 @@ from tasks.domain.contract import CONTRACT, Entity
 from tasks.domain.shards import Shard
 from tasks.store import schema as s
 from tasks.store.bulk import SyncStats, insert_frame, insert_new, read_frame, sync_frame, update_frame
+from tasks.store.columns import is_in, read_columns
 from tasks.store.sharding import in_shard
 
 ENTITY_TABLES = {
@@ -264,6 +265,66 @@ def read_segment_inputs(
     activity = read_frame(
         conn,
         select(act.c.customer_key, act.c.month, act.c.transactions).where(act.c.customer_key.in_(in_markets)),
+    )
+    return {
+        Entity.CUSTOMERS: customers,
+        Entity.CONTRACTS: contracts,
+        Entity.INSTALMENTS: instalments,
+        Entity.ACTIVITY: activity,
+    }
+
+
+def read_segment_history(
+    conn: Connection,
+    markets: Sequence[str],
+    activity_months: tuple[date, date],
+    shard: Shard | None = None,
+) -> dict[Entity, pd.DataFrame]:
+    """Return what segmenting and scoring read of the markets' history, text as Arrow strings.
+
+    The rows of read_segment_inputs, less what neither looks at: instalment keys and amounts, and
+    activity outside `activity_months` (first month, month after the last).
+    """
+    cust = s.customers
+    customers = read_columns(
+        conn,
+        select(cust.c.customer_key, cust.c.market, cust.c.customer_since).where(
+            cust.c.market.in_(list(markets)), cust.c.erased_at.is_(None), in_shard(cust.c.customer_key, shard)
+        ),
+    )
+    in_markets = select(cust.c.customer_key).where(
+        cust.c.market.in_(list(markets)), in_shard(cust.c.customer_key, shard)
+    )
+    ct = s.contracts
+    contracts = read_columns(
+        conn,
+        select(
+            ct.c.contract_key,
+            ct.c.customer_key,
+            ct.c.product,
+            ct.c.status,
+            ct.c.term_end,
+            ct.c.auto_renew,
+            ct.c.price,
+            ct.c.currency,
+            ct.c.renewed_at,
+        ).where(ct.c.customer_key.in_(in_markets)),
+    )
+    contracts = contracts[is_in(contracts["customer_key"], customers["customer_key"])].reset_index(drop=True)
+    inst = s.instalments
+    instalments = read_columns(
+        conn,
+        select(inst.c.contract_key, inst.c.due_date, inst.c.paid_date).where(
+            inst.c.contract_key.in_(select(ct.c.contract_key).where(ct.c.customer_key.in_(in_markets)))
+        ),
+    )
+    act = s.activity
+    first, after = activity_months
+    activity = read_columns(
+        conn,
+        select(act.c.customer_key, act.c.month, act.c.transactions).where(
+            act.c.customer_key.in_(in_markets), act.c.month >= first, act.c.month < after
+        ),
     )
     return {
         Entity.CUSTOMERS: customers,
