@@ -17,13 +17,14 @@ from tasks.domain.segmentation import (
     ModelRisk,
     Scorecard,
     SegmentationConfig,
+    activity_months,
     segment_contracts,
 )
 from tasks.domain.shards import Shard
 from tasks.domain.summary import counts
 from tasks.models.explain import scorecard_factors_in_words, top_factors
 from tasks.runtime import get_runtime
-from tasks.store.repository import marketing_objectors, read_segment_inputs, write_segments
+from tasks.store.repository import marketing_objectors, read_segment_history, write_segments
 from tasks.train_models import active_model
 
 
@@ -43,7 +44,7 @@ def segment_cycle(
     shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Compute and store the segment rows of the cycle's open contracts (of one shard); return counts."""
-    inputs = read_segment_inputs(conn, markets, shard)
+    inputs = read_segment_history(conn, markets, activity_months(as_of, config), shard)
     contracts = inputs[Entity.CONTRACTS]
     open_contracts = contracts[contracts["status"] == "active"].reset_index(drop=True)
     history = (contracts, inputs[Entity.CUSTOMERS], inputs[Entity.INSTALMENTS], inputs[Entity.ACTIVITY])

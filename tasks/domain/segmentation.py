@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tasks.domain.features import ACTIVITY_MONTHS
+
 SCORECARD_VERSION = "scorecard-v1"
+
+Array = np.ndarray[Any, Any]
 
 
 @dataclass(frozen=True)
@@ -138,15 +143,40 @@ def _days(later: pd.Series, earlier: pd.Series | pd.Timestamp) -> pd.Series:
     return (later - earlier).dt.days
 
 
+def activity_months(as_of: date, config: SegmentationConfig) -> tuple[date, date]:
+    """Return the first month of activity segmenting or scoring looks at, and the month after the last."""
+    # The scorecard looks back `activity_months`; the models compare the last 3 months with the 3 before.
+    after = as_of.year * 12 + as_of.month - 1
+    first = after - max(config.activity_months, 2 * ACTIVITY_MONTHS)
+    return date(first // 12, first % 12 + 1, 1), date(after // 12, after % 12 + 1, 1)
+
+
+def _rows_in(keys: pd.Series, known: pd.Series) -> Array:
+    """Return each key's row in `known` (unique keys), -1 where it is not there or empty."""
+    # One factorize over both: far cheaper than mapping or reindexing by text at millions of rows.
+    codes, _ = pd.factorize(pd.concat([known, keys], ignore_index=True))
+    slot = np.full(int(codes.max(initial=-1)) + 2, -1, dtype=np.int64)
+    mine = codes[: len(known)]
+    slot[mine[mine >= 0]] = np.flatnonzero(mine >= 0)
+    return np.asarray(slot[codes[len(known) :]])
+
+
+def _stamps(values: pd.Series) -> Array:
+    return np.asarray(pd.to_datetime(values).to_numpy(dtype="datetime64[ns]"))
+
+
 def customer_features(
     customers: pd.DataFrame,
     instalments: pd.DataFrame,
-    instalment_customer: pd.Series,
+    instalment_customer: Array,
     activity: pd.DataFrame,
     as_of: date,
     config: SegmentationConfig,
 ) -> pd.DataFrame:
-    """Return tenure, late payments in the last 12 months and mean monthly transactions per customer."""
+    """Return tenure, late payments in the last 12 months and mean monthly transactions per customer.
+
+    `instalment_customer` is the row in `customers` of each instalment's customer (-1 for none).
+    """
     today = pd.Timestamp(as_of)
     out = pd.DataFrame(index=pd.Index(customers["customer_key"], name="customer_key"))
     since = pd.to_datetime(customers.set_index("customer_key")["customer_since"])
@@ -154,34 +184,37 @@ def customer_features(
         (_days(pd.Series(today, index=since.index), since) / 365.25).fillna(0.0).clip(lower=0)
     )
 
-    inst = instalments.assign(customer_key=instalment_customer.to_numpy())
-    due = pd.to_datetime(inst["due_date"])
-    paid = pd.to_datetime(inst["paid_date"])
-    in_year = (due > today - pd.Timedelta(days=365)) & (due < today)
-    late = in_year & ((paid > due) | (paid.isna() & (due < today)))
-    late_counts = late.groupby(inst["customer_key"]).sum()
-    out["late_payments_12m"] = late_counts.reindex(out.index, fill_value=0).astype("int64")
+    now = today.to_datetime64()
+    due = _stamps(instalments["due_date"])
+    paid = _stamps(instalments["paid_date"])
+    in_year = (due > (today - pd.Timedelta(days=365)).to_datetime64()) & (due < now)
+    late = in_year & ((paid > due) | (np.isnat(paid) & (due < now))) & (instalment_customer >= 0)
+    counts = np.bincount(instalment_customer[late], minlength=len(out))
+    out["late_payments_12m"] = counts.astype("int64")
 
-    first_month = (today.to_period("M") - config.activity_months).to_timestamp()
-    this_month = today.to_period("M").to_timestamp()
-    months = pd.to_datetime(activity["month"])
-    window = activity[(months >= first_month) & (months < this_month)]
-    totals = window.groupby("customer_key")["transactions"].sum()
-    out["transactions_per_month"] = (
-        totals.reindex(out.index, fill_value=0).astype("float64") / config.activity_months
-    ).round(2)
+    first_month = (today.to_period("M") - config.activity_months).to_timestamp().to_datetime64()
+    this_month = today.to_period("M").to_timestamp().to_datetime64()
+    months = _stamps(activity["month"])
+    who = _rows_in(activity["customer_key"], customers["customer_key"])
+    counted = (months >= first_month) & (months < this_month) & (who >= 0)
+    transactions = pd.Series(activity["transactions"]).to_numpy(dtype=np.float64, na_value=0.0)
+    totals = np.bincount(who[counted], weights=transactions[counted], minlength=len(out))
+    out["transactions_per_month"] = (pd.Series(totals, index=out.index) / config.activity_months).round(2)
     return out
 
 
-def contract_dpd(instalments: pd.DataFrame, as_of: date) -> pd.Series:
-    """Return the days past due of each contract's oldest unpaid instalment (0 when current)."""
-    today = pd.Timestamp(as_of)
-    due = pd.to_datetime(instalments["due_date"])
-    unpaid = pd.to_datetime(instalments["paid_date"]).isna() & (due < today)
-    overdue = instalments.loc[unpaid].assign(
-        dpd=_days(pd.Series(today, index=due[unpaid].index), due[unpaid])
-    )
-    return overdue.groupby("contract_key")["dpd"].max().astype("int64")
+def contract_dpd(instalments: pd.DataFrame, instalment_contract: Array, contracts: int, as_of: date) -> Array:
+    """Return per contract the days past due of its oldest unpaid instalment (0 when current).
+
+    `instalment_contract` is the row of each instalment's contract (-1 for none) among `contracts` rows.
+    """
+    now = pd.Timestamp(as_of).to_datetime64()
+    due = _stamps(instalments["due_date"])
+    unpaid = np.isnat(_stamps(instalments["paid_date"])) & (due < now) & (instalment_contract >= 0)
+    overdue: Array = now - due[unpaid]
+    dpd = np.zeros(contracts, dtype=np.int64)
+    np.maximum.at(dpd, instalment_contract[unpaid], overdue // np.timedelta64(1, "D"))
+    return dpd
 
 
 def score_renewal_risk(
@@ -239,6 +272,19 @@ def _apply_model(out: pd.DataFrame, model: ModelRisk, bands: RiskBands) -> None:
 
 
 def _top_factors(parts: pd.DataFrame) -> pd.Series:
+    # Points come from a few bands, so rows share a handful of combinations: word each one once.
+    combo = np.zeros(len(parts), dtype=np.int64)
+    for column in parts.columns:
+        codes, uniques = pd.factorize(parts[column])
+        combo = combo * len(uniques) + codes
+    which, combos = pd.factorize(combo)
+    first = np.zeros(len(combos), dtype=np.int64)
+    first[which[::-1]] = np.arange(len(which) - 1, -1, -1)
+    texts = _factor_texts(parts.iloc[first].reset_index(drop=True))
+    return pd.Series(texts.to_numpy()[which], index=parts.index, dtype=texts.dtype)
+
+
+def _factor_texts(parts: pd.DataFrame) -> pd.Series:
     names = np.array(parts.columns, dtype=object)
     values = parts.to_numpy()
     order = np.argsort(-values, axis=1, kind="stable")[:, :3]
@@ -269,9 +315,11 @@ def segment_contracts(
 ) -> pd.DataFrame:
     """Return one segment row per contract: features, score and band (the model's, if given), segment."""
     today = pd.Timestamp(as_of)
-    contract_customer = contracts.set_index("contract_key")["customer_key"]
-    inst_customer = instalments["contract_key"].map(contract_customer)
-    feats = customer_features(customers, instalments, inst_customer, activity, as_of, config)
+    inst_contract = _rows_in(instalments["contract_key"], contracts["contract_key"])
+    contract_customer = np.append(_rows_in(contracts["customer_key"], customers["customer_key"]), -1)
+    feats = customer_features(
+        customers, instalments, contract_customer[inst_contract], activity, as_of, config
+    )
 
     out = contracts[
         ["contract_key", "customer_key", "product", "status", "term_end", "auto_renew", "price", "currency"]
@@ -279,10 +327,9 @@ def segment_contracts(
     out = out.merge(customers[["customer_key", "market"]], on="customer_key", how="left")
     out["days_to_term_end"] = _days(pd.to_datetime(out["term_end"]), today).astype("int64")
     out["renewal_window"] = label_bands(out["days_to_term_end"], config.renewal_windows)
-    dpd = contract_dpd(instalments, as_of)
-    out["dpd"] = out["contract_key"].map(dpd).fillna(0).astype("int64")
+    out["dpd"] = contract_dpd(instalments, inst_contract, len(contracts), as_of)
     out["dpd_bucket"] = label_bands(out["dpd"], config.dpd_buckets)
-    joined = feats.reindex(out["customer_key"]).reset_index(drop=True)
+    joined = feats.reset_index(drop=True).reindex(contract_customer[:-1])
     out["tenure_years"] = joined["tenure_years"].round(2).to_numpy()
     out["late_payments_12m"] = joined["late_payments_12m"].to_numpy()
     out["transactions_per_month"] = joined["transactions_per_month"].to_numpy()

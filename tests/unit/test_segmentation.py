@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date, timedelta
 
 import pandas as pd
 import pytest
 
 from config.loader import load_segmentation
-from tasks.domain.segmentation import label_bands, segment_contracts
+from tasks.domain.segmentation import activity_months, label_bands, segment_contracts
 from tests.support.factories import ROOT
 
 CONFIG = load_segmentation(ROOT / "config")
@@ -168,3 +169,18 @@ def test_segment_precedence(kwargs: dict[str, object], segment: str) -> None:
 def test_label_bands_leaves_nothing_unlabelled() -> None:
     values = pd.Series(range(-400, 400))
     assert (label_bands(values, CONFIG.renewal_windows) != "").all()
+
+
+@pytest.mark.parametrize(
+    ("as_of", "months", "window"),
+    [
+        (date(2026, 11, 22), 3, (date(2026, 5, 1), date(2026, 11, 1))),
+        (date(2026, 2, 1), 3, (date(2025, 8, 1), date(2026, 2, 1))),
+        (date(2026, 11, 22), 12, (date(2025, 11, 1), date(2026, 11, 1))),
+    ],
+)
+def test_activity_read_covers_the_scorecards_and_the_models_look_back(
+    as_of: date, months: int, window: tuple[date, date]
+) -> None:
+    config = dataclasses.replace(CONFIG, activity_months=months)
+    assert activity_months(as_of, config) == window
