@@ -12,6 +12,7 @@ from tasks._prefect import IO_RETRIES, STEP
 from tasks.domain.contract import ENTITY_ORDER, Entity
 from tasks.runtime import get_runtime
 from tasks.sources.files import check_directory, iter_entity_file, read_directory
+from tasks.sources.overlap import prefetch
 from tasks.sources.raw import RawFrame, SourceError
 from tasks.sources.sql import SqlMapping, SqlSource, load_mapping, read_sql_source
 from tasks.sources.staging import RawWriter, StagedSource, discard, entity_order, staging_dir
@@ -34,9 +35,12 @@ def _stage(directory: Path, chunks: dict[Entity, Iterator[RawFrame]]) -> StagedS
     staged = []
     for entity, parts in chunks.items():
         writer = RawWriter(directory, entity)
-        for raw in parts:
-            writer.add(raw)
-        staged.append(writer.finish())
+        try:
+            for raw in parts:
+                writer.add(raw)
+            staged.append(writer.finish())
+        finally:
+            writer.close()
     return StagedSource(str(directory), entity_order(staged))
 
 
@@ -51,7 +55,8 @@ def stage_sources(settings: Settings, directory: Path) -> StagedSource:
     try:
         if settings.source_kind is SourceKind.FILES:
             paths = check_directory(settings.resolved_source_dir)
-            return _stage(directory, {e: iter_entity_file(p, e, rows) for e, p in paths.items()})
+            # Files are parsed one chunk ahead in a thread; an SQL source keeps its connection to one thread.
+            return _stage(directory, {e: prefetch(iter_entity_file(p, e, rows)) for e, p in paths.items()})
         source = SqlSource(settings.source_url, _mapping(settings))
         try:
             source.check()

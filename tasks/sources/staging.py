@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.domain.contract import ENTITY_ORDER, Entity
+from tasks.sources.overlap import BackgroundWrites
 from tasks.sources.raw import RawFrame
 
 LINE = "__line"
@@ -74,7 +75,7 @@ def _write(frame: pd.DataFrame, path: Path) -> str:
 
 
 class RawWriter:
-    """Write one entity's raw chunks as they are read."""
+    """Write one entity's raw chunks as they are read; a chunk is written while the next one is read."""
 
     def __init__(self, directory: Path, entity: Entity) -> None:
         self.directory = _private_dir(directory / "raw" / entity.value)
@@ -83,17 +84,25 @@ class RawWriter:
         self.line_label = "line"
         self.rows = 0
         self.chunks: list[str] = []
+        self.writes = BackgroundWrites()
 
     def add(self, raw: RawFrame) -> None:
         """Stage one chunk of raw rows."""
         self.source, self.line_label = raw.source, raw.line_label
         frame = raw.frame.reset_index(drop=True).assign(**{LINE: raw.lines.to_numpy(dtype=np.int64)})
-        self.chunks.append(_write(frame, self.directory / f"chunk-{len(self.chunks):05d}.parquet"))
+        path = self.directory / f"chunk-{len(self.chunks):05d}.parquet"
+        self.writes.submit(lambda: _write(frame, path))
+        self.chunks.append(str(path))
         self.rows += len(frame)
 
     def finish(self) -> StagedEntity:
         """Return the staged entity once every chunk is written."""
+        self.writes.close()
         return StagedEntity(self.entity, self.source, self.line_label, self.rows, tuple(self.chunks))
+
+    def close(self) -> None:
+        """Stop the writing thread (when staging fails before `finish`)."""
+        self.writes.close()
 
 
 def discard_raw(source: StagedSource) -> None:
@@ -117,10 +126,15 @@ def raw_chunks(entity: StagedEntity, columns: list[str] | None = None) -> Iterat
         yield read_raw(entity, path, columns)
 
 
-def write_clean(directory: Path, entity: Entity, index: int, frame: pd.DataFrame) -> str:
-    """Stage one chunk of validated rows and return its path."""
-    folder = _private_dir(directory / "clean" / entity.value)
-    return _write(frame, folder / f"chunk-{index:05d}.parquet")
+def write_clean(
+    directory: Path, entity: Entity, index: int, frame: pd.DataFrame, writes: BackgroundWrites | None = None
+) -> str:
+    """Stage one chunk of validated rows and return its path (written by `writes` when given)."""
+    path = _private_dir(directory / "clean" / entity.value) / f"chunk-{index:05d}.parquet"
+    if writes is None:
+        return _write(frame, path)
+    writes.submit(lambda: _write(frame, path))
+    return str(path)
 
 
 def read_clean(path: str, lines: bool = False, columns: list[str] | None = None) -> pd.DataFrame:

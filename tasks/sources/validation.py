@@ -20,6 +20,7 @@ from babel.numbers import list_currencies
 from tasks.domain.contract import CONTRACT, ENTITY_ORDER, Column, Entity, EntitySpec, Kind
 from tasks.domain.markets import Market
 from tasks.domain.messaging import normalise_locale
+from tasks.sources.overlap import BackgroundWrites, prefetch
 from tasks.sources.phones import normalise_phones
 from tasks.sources.raw import RawFrame
 from tasks.sources.staging import (
@@ -390,18 +391,20 @@ def _quarantine_frame(
 ) -> pd.DataFrame:
     if not problems.rows:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in QUARANTINE_COLUMNS})
-    out = pd.concat(
-        [
-            pd.DataFrame({"position": positions, "field": field, "reason": reason.value, "detail": detail})
-            for positions, field, reason, detail in zip(
-                problems.rows, problems.fields, problems.reasons, problems.details, strict=True
-            )
-        ],
-        ignore_index=True,
+    # One problem per duplicate group makes thousands of entries: repeated as arrays, not one frame each.
+    sizes = [len(positions) for positions in problems.rows]
+    out = pd.DataFrame(
+        {
+            "position": np.concatenate(problems.rows),
+            "field": np.repeat(np.array(problems.fields, dtype=object), sizes),
+            "reason": np.repeat(np.array([r.value for r in problems.reasons], dtype=object), sizes),
+            "detail": np.repeat(np.array(problems.details, dtype=object), sizes),
+        }
     )
     positions = out["position"].to_numpy()
     bad = frame.iloc[np.unique(positions)]
-    keys = bad[list(spec.key)].astype(str).agg("|".join, axis=1)
+    parts = [bad[k].astype(str) for k in spec.key]
+    keys = parts[0].str.cat(pd.concat(parts[1:], axis=1), sep="|") if len(parts) > 1 else parts[0]
     records = dict(zip(bad.index, bad.to_dict("records"), strict=True))
     out["line"] = raw.lines.to_numpy()[positions].astype("int64")
     out["record_key"] = keys.reindex(positions).to_numpy()
@@ -507,7 +510,7 @@ def repeated_keys(entity: StagedEntity) -> pd.Index:
     columns = list(CONTRACT[entity.entity].key)
 
     def hashed() -> Iterator[tuple[pd.Series, np.ndarray]]:
-        for raw in raw_chunks(entity, columns):
+        for raw in prefetch(raw_chunks(entity, columns)):
             keys = joined_keys(raw.frame, entity.entity)
             if keys is None:
                 return
@@ -623,6 +626,13 @@ class _EntityRun:
 
     def validate(self, chunks: Iterable[RawFrame], repeated: pd.Index) -> None:
         """Validate every chunk; rows whose key is in `repeated` are checked together at the end."""
+        writes = BackgroundWrites()
+        try:
+            self._validate(chunks, repeated, writes)
+        finally:
+            writes.close()
+
+    def _validate(self, chunks: Iterable[RawFrame], repeated: pd.Index, writes: BackgroundWrites) -> None:
         held: list[RawFrame] = []
         for raw in chunks:
             self.read += len(raw.frame)
@@ -634,8 +644,10 @@ class _EntityRun:
                     raw = _take(raw, ~maybe)
             clean = self._check(raw)
             if len(clean):
-                self.paths.append(write_clean(self.out, self.entity, len(self.paths), clean))
+                self.paths.append(write_clean(self.out, self.entity, len(self.paths), clean, writes))
                 self.first_lines.append(int(clean[LINE].iloc[0]))
+        # Held-back rows are merged into chunks read back from disk.
+        writes.wait()
         if held:
             frame = pd.concat([h.frame for h in held], ignore_index=True)
             lines = pd.concat([h.lines for h in held], ignore_index=True)
@@ -692,7 +704,7 @@ def validate_staged(
     for staged_entity in staged:
         entity = staged_entity.entity
         run = _EntityRun(entity, markets, parents, out)
-        run.validate(raw_chunks(staged_entity), repeated_keys(staged_entity))
+        run.validate(prefetch(raw_chunks(staged_entity)), repeated_keys(staged_entity))
         quarantine = _sorted_quarantine(run.problems)
         clean_paths[entity], rows_read[entity], rows_valid[entity] = tuple(run.paths), run.read, run.valid
         if not quarantine.empty:
