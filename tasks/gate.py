@@ -7,14 +7,14 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 import holidays as holidays_lib
 import pandas as pd
 from prefect import get_run_logger, task
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Select, select
 
 from tasks._prefect import STEP
 from tasks.domain.consent import (
@@ -93,12 +93,18 @@ def _chunks(values: Sequence[str], size: int = 20000) -> list[list[str]]:
     return [list(values[i : i + size]) for i in range(0, len(values), size)]
 
 
-def _present(value: Any) -> bool:
-    return value is not None and not (pd.api.types.is_scalar(value) and pd.isna(value))
+def _utc(moment: datetime | None) -> datetime | None:
+    """Return a stored moment in UTC; SQLite gives it back naive, and naive means UTC in the store."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _utc(value: Any) -> datetime | None:
-    return pd.Timestamp(value).to_pydatetime() if _present(value) else None
+def _rows(conn: Connection, stmt: Select[Any], column: Any, keys: Sequence[str]) -> list[Any]:
+    """Return the rows of `stmt` for the keys in `column`, read in chunks as plain tuples."""
+    # Plain rows, not frames: the send-time re-check reads these for every batch of about 1,000
+    # messages, where building typed frames cost more than the rule itself.
+    return [tuple(row) for chunk in _chunks(keys) for row in conn.execute(stmt.where(column.in_(chunk)))]
 
 
 def load_subjects(
@@ -109,94 +115,111 @@ def load_subjects(
     if not keys:
         return {}
     cust, ct, cons = s.customers, s.contracts, s.consents
-    frames = [
-        read_frame(
-            conn,
-            select(
-                cust.c.customer_key,
-                cust.c.market,
-                cust.c.timezone,
-                cust.c.region,
-                cust.c.email,
-                cust.c.phone_e164,
-                cust.c.erased_at,
-            ).where(cust.c.customer_key.in_(chunk)),
-        )
-        for chunk in _chunks(keys)
-    ]
-    people = pd.concat(frames, ignore_index=True)
-    contract_rows = pd.concat(
-        [
-            read_frame(
-                conn,
-                select(ct.c.customer_key, ct.c.contract_key, ct.c.status, ct.c.term_end).where(
-                    ct.c.customer_key.in_(chunk)
-                ),
-            )
-            for chunk in _chunks(keys)
-        ],
-        ignore_index=True,
+    people = _rows(
+        conn,
+        select(
+            cust.c.customer_key,
+            cust.c.market,
+            cust.c.timezone,
+            cust.c.region,
+            cust.c.email,
+            cust.c.phone_e164,
+            cust.c.erased_at,
+        ),
+        cust.c.customer_key,
+        keys,
     )
-    consent_rows = pd.concat(
-        [read_frame(conn, select(cons).where(cons.c.customer_key.in_(chunk))) for chunk in _chunks(keys)],
-        ignore_index=True,
+    contract_rows = _rows(
+        conn,
+        select(ct.c.customer_key, ct.c.contract_key, ct.c.status, ct.c.term_end),
+        ct.c.customer_key,
+        keys,
     )
-    suppressed = read_frame(conn, select(s.suppressions.c.identifier_hash, s.suppressions.c.scope))
+    consent_rows = _rows(
+        conn,
+        select(
+            cons.c.consent_id,
+            cons.c.customer_key,
+            cons.c.channel,
+            cons.c.purpose,
+            cons.c.status,
+            cons.c.lawful_basis,
+            cons.c.captured_at,
+            cons.c.withdrawn_at,
+            cons.c.doi_confirmed_at,
+            cons.c.expires_at,
+            cons.c.sale_reference,
+            cons.c.notice_version,
+            cons.c.bundled,
+            cons.c.written,
+        ),
+        cons.c.customer_key,
+        keys,
+    )
     scopes: dict[str, set[str]] = defaultdict(set)
-    for digest, scope in zip(suppressed["identifier_hash"], suppressed["scope"], strict=True):
+    for digest, scope in conn.execute(select(s.suppressions.c.identifier_hash, s.suppressions.c.scope)):
         scopes[str(digest)].add(str(scope))
 
     contracts_of: dict[str, set[str]] = defaultdict(set)
     ongoing: set[str] = set()
     last_end: dict[str, date] = {}
-    for key, contract, status, term_end in zip(
-        contract_rows["customer_key"],
-        contract_rows["contract_key"],
-        contract_rows["status"],
-        contract_rows["term_end"],
-        strict=True,
-    ):
+    for key, contract, status, end in contract_rows:
         contracts_of[key].add(contract)
         if status == "active":
             ongoing.add(key)
-        end = pd.Timestamp(term_end).date()
         last_end[key] = max(last_end.get(key, end), end)
 
     records: dict[str, list[ConsentRecord]] = defaultdict(list)
-    for row in consent_rows.to_dict("records"):
-        records[str(row["customer_key"])].append(
+    for (
+        cid,
+        key,
+        channel,
+        purpose,
+        status,
+        basis,
+        cap,
+        wdr,
+        doi,
+        exp,
+        sale,
+        notice,
+        bundled,
+        written,
+    ) in consent_rows:
+        records[str(key)].append(
             ConsentRecord(
-                consent_id=int(row["consent_id"]),
-                channel=str(row["channel"]),
-                purpose=str(row["purpose"]),
-                status=str(row["status"]),
-                lawful_basis=str(row["lawful_basis"]),
-                captured_at=_utc(row["captured_at"]),
-                withdrawn_at=_utc(row["withdrawn_at"]),
-                doi_confirmed_at=_utc(row["doi_confirmed_at"]),
-                expires_at=_utc(row["expires_at"]),
-                sale_reference=row["sale_reference"] if _present(row["sale_reference"]) else None,
-                notice_version=row["notice_version"] if _present(row["notice_version"]) else None,
-                bundled=bool(row["bundled"]),
-                written=bool(row["written"]),
+                consent_id=int(cid),
+                channel=str(channel),
+                purpose=str(purpose),
+                status=str(status),
+                lawful_basis=str(basis),
+                captured_at=_utc(cap),
+                withdrawn_at=_utc(wdr),
+                doi_confirmed_at=_utc(doi),
+                expires_at=_utc(exp),
+                sale_reference=sale,
+                notice_version=notice,
+                bundled=bool(bundled),
+                written=bool(written),
             )
         )
 
     subjects: dict[str, Subject] = {}
-    for row in people.to_dict("records"):
-        key = str(row["customer_key"])
+    for key, market, timezone, region, email, phone, erased_at in people:
+        key = str(key)
         hit: set[str] = set()
-        for kind, value in (("email", row["email"]), ("phone", row["phone_e164"])):
-            if _present(value):
+        # No suppressions (the usual case) means no hit: the HMAC per address is then skipped.
+        for kind, value in (("email", email), ("phone", phone)) if scopes else ():
+            if value is not None:
                 hit |= scopes.get(pii_hash(hash_key, kind, str(value)), set())
         subjects[key] = Subject(
             customer_key=key,
-            market=str(row["market"]),
-            timezone=str(row["timezone"]),
-            region=row["region"] if _present(row["region"]) else None,
-            has_email=_present(row["email"]),
-            has_phone=_present(row["phone_e164"]),
-            erased=_present(row["erased_at"]),
+            market=str(market),
+            timezone=str(timezone),
+            region=region,
+            has_email=email is not None,
+            has_phone=phone is not None,
+            erased=erased_at is not None,
             suppressed=frozenset(hit),
             contract_keys=frozenset(contracts_of.get(key, set())),
             relationship_end=today if key in ongoing else last_end.get(key),
@@ -209,16 +232,12 @@ def sent_history(conn: Connection, customer_keys: Sequence[str], since: datetime
     """Return messages sent to these customers since `since` (for frequency caps)."""
     m = s.messages
     keys = list(dict.fromkeys(customer_keys))
-    frames = [
-        read_frame(
-            conn,
-            select(m.c.customer_key, m.c.channel, m.c.purpose, m.c.sent_at).where(
-                m.c.customer_key.in_(chunk), m.c.sent_at >= since
-            ),
-        )
-        for chunk in _chunks(keys)
+    stmt = select(m.c.customer_key, m.c.channel, m.c.purpose, m.c.sent_at).where(m.c.sent_at >= since)
+    rows = [
+        (key, channel, purpose, _utc(at))
+        for key, channel, purpose, at in _rows(conn, stmt, m.c.customer_key, keys)
     ]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return pd.DataFrame.from_records(rows, columns=["customer_key", "channel", "purpose", "sent_at"])
 
 
 def requests_of(messages: pd.DataFrame) -> list[Request]:
@@ -226,17 +245,30 @@ def requests_of(messages: pd.DataFrame) -> list[Request]:
     ordered = messages.assign(_p=messages["purpose"].map(PURPOSE_ORDER).fillna(3)).sort_values(
         ["customer_key", "_p", "contract_key", "step", "rank"], kind="stable"
     )
+    n = len(ordered)
+    offers = ordered["has_offer"].tolist() if "has_offer" in ordered else [False] * n
+    recipients = ordered["recipient"].tolist() if "recipient" in ordered else [None] * n
     return [
         Request(
-            message_key=str(r["message_key"]),
-            channel=str(r["channel"]),
-            purpose=str(r["purpose"]),
-            has_offer=bool(r.get("has_offer", False)),
-            recipient=str(r.get("recipient") or "customer"),
-            group=f"{r['contract_key']}|{r['step']}",
-            send_rule=str(r["send_rule"]),
+            message_key=str(key),
+            channel=str(channel),
+            purpose=str(purpose),
+            has_offer=bool(offer),
+            recipient=str(recipient or "customer"),
+            group=f"{contract}|{step}",
+            send_rule=str(rule),
         )
-        for r in ordered.to_dict("records")
+        for key, channel, purpose, offer, recipient, contract, step, rule in zip(
+            ordered["message_key"].tolist(),
+            ordered["channel"].tolist(),
+            ordered["purpose"].tolist(),
+            offers,
+            recipients,
+            ordered["contract_key"].tolist(),
+            ordered["step"].tolist(),
+            ordered["send_rule"].tolist(),
+            strict=True,
+        )
     ]
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from tasks.channels.base import Outbound, SendResult, SendStatus
 
+# One encoder for every line: json.dumps with options builds a new one per call.
+_LINE = json.JSONEncoder(ensure_ascii=False)
+
 
 class OutboxSender:
     """Appends each message as one JSON line to `<dir>/<channel>.jsonl`, fsynced before it counts as sent."""
@@ -45,7 +48,7 @@ class OutboxSender:
                 "purpose": msg.purpose,
                 "category": msg.category,
             }
-            lines.append(json.dumps(record, ensure_ascii=False))
+            lines.append(_LINE.encode(record))
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write("\n".join(lines) + "\n")
             fh.flush()

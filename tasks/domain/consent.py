@@ -8,15 +8,16 @@ and on what basis.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
+from functools import cache, lru_cache
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
-from tasks.domain.rules import MarketRules, next_allowed
+from tasks.domain.rules import MarketRules, Window, next_allowed
 
 GATE_VERSION = "gate-v2.0"
 
@@ -86,6 +87,13 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.NO_SLOT: "no allowed contact slot in the next two weeks",
     Reason.MISSING_LABEL: "a marketing message lacks the advertising label this market requires",
 }
+
+
+@cache
+def zone(key: str) -> ZoneInfo:
+    """Return the time zone `key`, loaded once per process."""
+    # ZoneInfo keeps only its 8 latest zones alive, so with more markets it re-read the tz files.
+    return ZoneInfo(key)
 
 
 def required_label(rules: MarketRules, channel: str, marketing: bool) -> str | None:
@@ -313,7 +321,7 @@ def decide_message(
                 rule_ids.append("EU-05")
                 notes.append(f"offer block removed ({mkt.value}); sent as a {req.purpose} message")
 
-    local_now = now.astimezone(ZoneInfo(subject.timezone))
+    local_now = _local(now, subject.timezone)
     # A standby fallback is capped when it is actually used (the send-time check sees the failed
     # primary was never sent), not now, where it would count the primary twice.
     for cap in rules.caps if count else ():
@@ -331,39 +339,50 @@ def decide_message(
                 notes=(*notes, f"at most {cap.max} per {cap.per}"),
             )
 
-    windows = [w for w in rules.windows if w.applies(purpose, req.channel, subject.region)]
-    decision = Decision(
-        req.message_key,
-        Outcome.ALLOWED,
-        reason,
-        tuple(rule_ids),
-        consent_id=_id(record),
-        offer_removed=offer_removed,
-        effective_purpose=purpose,
-        notes=tuple(notes),
-    )
+    windows = tuple(w for w in rules.windows if w.applies(purpose, req.channel, subject.region))
+    outcome, why, ids, until, why_notes = Outcome.ALLOWED, reason, tuple(rule_ids), None, tuple(notes)
     if windows:
-        slot = next_allowed(local_now, windows, is_holiday)
+        slot = _slot(now, subject.timezone, windows, is_holiday)
         window_rules = tuple(w.rule for w in windows)
         if slot is None:
-            return replace(
-                decision, outcome=Outcome.BLOCKED, reason=Reason.NO_SLOT, rule_ids=(*rule_ids, *window_rules)
-            )
-        if slot != local_now:
-            return replace(
-                decision,
-                outcome=Outcome.DEFERRED,
-                reason=Reason.OUTSIDE_WINDOW,
-                rule_ids=(*rule_ids, *window_rules),
-                deferred_until=slot.astimezone(ZoneInfo("UTC")),
-                notes=(*notes, f"basis {reason.value}; next allowed {slot:%a %Y-%m-%d %H:%M} local"),
-            )
+            outcome, why, ids = Outcome.BLOCKED, Reason.NO_SLOT, (*rule_ids, *window_rules)
+        elif slot != local_now:
+            outcome, why, ids = Outcome.DEFERRED, Reason.OUTSIDE_WINDOW, (*rule_ids, *window_rules)
+            until = slot.astimezone(zone("UTC"))
+            why_notes = (*notes, f"basis {reason.value}; next allowed {slot:%a %Y-%m-%d %H:%M} local")
+    decision = Decision(
+        req.message_key,
+        outcome,
+        why,
+        ids,
+        consent_id=_id(record),
+        deferred_until=until,
+        offer_removed=offer_removed,
+        effective_purpose=purpose,
+        notes=why_notes,
+    )
+    if outcome is not Outcome.ALLOWED:
+        return decision
     if count:
         for cap in rules.caps:
             if purpose in cap.purposes and req.channel in cap.channels:
                 channel = req.channel if cap.per_channel else "*"
                 counter.add(_cap_key(subject.customer_key, channel, purpose, cap.per, local_now))
     return decision
+
+
+@lru_cache(maxsize=1024)
+def _local(now: datetime, timezone: str) -> datetime:
+    """Return `now` in a time zone; a run decides thousands of messages at one moment in a few zones."""
+    return now.astimezone(zone(timezone))
+
+
+@lru_cache(maxsize=4096)
+def _slot(
+    now: datetime, timezone: str, windows: tuple[Window, ...], is_holiday: Callable[[date], bool]
+) -> datetime | None:
+    """Return the next allowed local moment from `now` in a zone (most messages of a run share one)."""
+    return next_allowed(_local(now, timezone), list(windows), is_holiday)
 
 
 def _cap_key(
@@ -394,7 +413,7 @@ def seed_counter(
         subject = subjects.get(str(customer))
         if subject is None or subject.market not in rules:
             continue
-        local = pd.Timestamp(sent_at).to_pydatetime().astimezone(ZoneInfo(subject.timezone))
+        local = pd.Timestamp(sent_at).to_pydatetime().astimezone(zone(subject.timezone))
         for cap in rules[subject.market].caps:
             if purpose in cap.purposes and channel in cap.channels:
                 scope = str(channel) if cap.per_channel else "*"
@@ -418,6 +437,7 @@ def decide_all(
     """
     out = []
     satisfied: set[str] = set()
+    no_rules = MarketRules()
     for req in requests:
         subject = subjects.get(customer_of.get(req.message_key, ""))
         market = subject.market if subject is not None else ""
@@ -425,7 +445,7 @@ def decide_all(
         decision = decide_message(
             req,
             subject,
-            rules.get(market, MarketRules()),
+            rules.get(market, no_rules),
             now,
             counter,
             holidays.get(market, _never),
