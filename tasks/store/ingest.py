@@ -214,6 +214,12 @@ class ConsentAppend:
             got = _append_consents_frame(self.conn, df, self.now, self.upto)
             self.stats = SyncStats(self.stats.inserted + got.inserted, self.stats.updated + got.updated, 0)
             return
+        if not self.upto:
+            # No earlier record to compare with: every one is new and goes straight in, in file order
+            # (so in consent id order), without the copy through a temporary table.
+            rows = df.assign(origin="crm", recorded_at=self.now)
+            self.stats = SyncStats(self.stats.inserted + insert_frame(self.conn, s.consents, rows), 0, 0)
+            return
         if self.temp is None:
             # The ordinal keeps the file's order in the consent ids, which break ties between records.
             self.temp, self.columns = _temp_table(self.conn, s.consents, df, ordinal=True), list(df.columns)
