@@ -13,6 +13,7 @@ from tasks._prefect import STEP
 from tasks.domain.contract import Entity
 from tasks.domain.features import renewal_scoring_frame
 from tasks.domain.segmentation import (
+    OPEN,
     SCORECARD_VERSION,
     ModelRisk,
     Scorecard,
@@ -44,11 +45,14 @@ def segment_cycle(
     shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Compute and store the segment rows of the cycle's open contracts (of one shard); return counts."""
-    inputs = read_segment_history(conn, markets, activity_months(as_of, config), shard)
-    contracts = inputs[Entity.CONTRACTS]
-    open_contracts = contracts[contracts["status"] == "active"].reset_index(drop=True)
-    history = (contracts, inputs[Entity.CUSTOMERS], inputs[Entity.INSTALMENTS], inputs[Entity.ACTIVITY])
     model = active_model(conn, "renewal")
+    # The scorecard looks only at the open contracts' own instalments; a model at the whole history.
+    scoring = model is not None
+    window = activity_months(as_of, config, scoring)
+    inputs = read_segment_history(conn, markets, window, shard, open_only=not scoring)
+    contracts = inputs[Entity.CONTRACTS]
+    open_contracts = contracts[contracts["status"] == OPEN].reset_index(drop=True)
+    history = (contracts, inputs[Entity.CUSTOMERS], inputs[Entity.INSTALMENTS], inputs[Entity.ACTIVITY])
     risk = None
     if model is not None:
         frame = renewal_scoring_frame(open_contracts, *history, as_of)

@@ -12,6 +12,7 @@ import pandas as pd
 from tasks.domain.features import ACTIVITY_MONTHS
 
 SCORECARD_VERSION = "scorecard-v1"
+OPEN = "active"
 
 Array = np.ndarray[Any, Any]
 
@@ -143,11 +144,11 @@ def _days(later: pd.Series, earlier: pd.Series | pd.Timestamp) -> pd.Series:
     return (later - earlier).dt.days
 
 
-def activity_months(as_of: date, config: SegmentationConfig) -> tuple[date, date]:
-    """Return the first month of activity segmenting or scoring looks at, and the month after the last."""
+def activity_months(as_of: date, config: SegmentationConfig, scoring: bool = True) -> tuple[date, date]:
+    """Return the first month of activity segmenting (and scoring) looks at, and the month after the last."""
     # The scorecard looks back `activity_months`; the models compare the last 3 months with the 3 before.
     after = as_of.year * 12 + as_of.month - 1
-    first = after - max(config.activity_months, 2 * ACTIVITY_MONTHS)
+    first = after - (max(config.activity_months, 2 * ACTIVITY_MONTHS) if scoring else config.activity_months)
     return date(first // 12, first % 12 + 1, 1), date(after // 12, after % 12 + 1, 1)
 
 

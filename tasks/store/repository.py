@@ -9,10 +9,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, and_, bindparam, case, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, case, func, insert, select, true, update
 
 from tasks.domain.consent import latest_consents
 from tasks.domain.contract import CONTRACT, Entity
+from tasks.domain.segmentation import OPEN
 from tasks.domain.shards import Shard
 from tasks.store import schema as s
 from tasks.store.bulk import SyncStats, insert_frame, insert_new, read_frame, sync_frame, update_frame
@@ -279,11 +280,13 @@ def read_segment_history(
     markets: Sequence[str],
     activity_months: tuple[date, date],
     shard: Shard | None = None,
+    open_only: bool = False,
 ) -> dict[Entity, pd.DataFrame]:
     """Return what segmenting and scoring read of the markets' history, text as Arrow strings.
 
     The rows of read_segment_inputs, less what neither looks at: instalment keys and amounts, and
-    activity outside `activity_months` (first month, month after the last).
+    activity outside `activity_months` (first month, month after the last); with `open_only`, only
+    the open contracts and their instalments.
     """
     cust = s.customers
     customers = read_columns(
@@ -296,6 +299,7 @@ def read_segment_history(
         cust.c.market.in_(list(markets)), in_shard(cust.c.customer_key, shard)
     )
     ct = s.contracts
+    wanted = and_(ct.c.customer_key.in_(in_markets), ct.c.status == OPEN if open_only else true())
     contracts = read_columns(
         conn,
         select(
@@ -308,14 +312,14 @@ def read_segment_history(
             ct.c.price,
             ct.c.currency,
             ct.c.renewed_at,
-        ).where(ct.c.customer_key.in_(in_markets)),
+        ).where(wanted),
     )
     contracts = contracts[is_in(contracts["customer_key"], customers["customer_key"])].reset_index(drop=True)
     inst = s.instalments
     instalments = read_columns(
         conn,
         select(inst.c.contract_key, inst.c.due_date, inst.c.paid_date).where(
-            inst.c.contract_key.in_(select(ct.c.contract_key).where(ct.c.customer_key.in_(in_markets)))
+            inst.c.contract_key.in_(select(ct.c.contract_key).where(wanted))
         ),
     )
     act = s.activity

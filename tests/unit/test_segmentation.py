@@ -184,3 +184,8 @@ def test_activity_read_covers_the_scorecards_and_the_models_look_back(
 ) -> None:
     config = dataclasses.replace(CONFIG, activity_months=months)
     assert activity_months(as_of, config) == window
+
+
+def test_scorecard_alone_reads_only_its_own_activity_months() -> None:
+    config = dataclasses.replace(CONFIG, activity_months=3)
+    assert activity_months(date(2026, 11, 22), config, scoring=False) == (date(2026, 8, 1), date(2026, 11, 1))
