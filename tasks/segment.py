@@ -19,6 +19,7 @@ from tasks.domain.segmentation import (
     Scorecard,
     SegmentationConfig,
     activity_months,
+    scorecard_instalments,
     segment_contracts,
 )
 from tasks.domain.shards import Shard
@@ -49,7 +50,8 @@ def segment_cycle(
     # The scorecard looks only at the open contracts' own instalments; a model at the whole history.
     scoring = model is not None
     window = activity_months(as_of, config, scoring)
-    inputs = read_segment_history(conn, markets, window, shard, open_only=not scoring)
+    due = None if scoring else scorecard_instalments(as_of)
+    inputs = read_segment_history(conn, markets, window, shard, open_only=not scoring, due_between=due)
     contracts = inputs[Entity.CONTRACTS]
     open_contracts = contracts[contracts["status"] == OPEN].reset_index(drop=True)
     history = (contracts, inputs[Entity.CUSTOMERS], inputs[Entity.INSTALMENTS], inputs[Entity.ACTIVITY])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ from tasks.domain.features import ACTIVITY_MONTHS
 
 SCORECARD_VERSION = "scorecard-v1"
 OPEN = "active"
+LATE_PAYMENT_DAYS = 365
 
 Array = np.ndarray[Any, Any]
 
@@ -166,6 +167,11 @@ def _stamps(values: pd.Series) -> Array:
     return np.asarray(pd.to_datetime(values).to_numpy(dtype="datetime64[ns]"))
 
 
+def scorecard_instalments(as_of: date) -> tuple[date, date]:
+    """Return (after, before): the scorecard looks at instalments due in between, or unpaid and due before."""
+    return as_of - timedelta(days=LATE_PAYMENT_DAYS), as_of
+
+
 def customer_features(
     customers: pd.DataFrame,
     instalments: pd.DataFrame,
@@ -188,7 +194,7 @@ def customer_features(
     now = today.to_datetime64()
     due = _stamps(instalments["due_date"])
     paid = _stamps(instalments["paid_date"])
-    in_year = (due > (today - pd.Timedelta(days=365)).to_datetime64()) & (due < now)
+    in_year = (due > (today - pd.Timedelta(days=LATE_PAYMENT_DAYS)).to_datetime64()) & (due < now)
     late = in_year & ((paid > due) | (np.isnat(paid) & (due < now))) & (instalment_customer >= 0)
     counts = np.bincount(instalment_customer[late], minlength=len(out))
     out["late_payments_12m"] = counts.astype("int64")

@@ -19,7 +19,7 @@ from sqlalchemy import Boolean, Connection, Date, Integer, Numeric, Select, Stri
 from tasks.store.bulk import _driver, _is_pg, read_frame
 
 # COPY sends one message per row; parsing in blocks of this many bytes keeps the raw CSV from piling up.
-BLOCK_BYTES = 32 << 20
+BLOCK_BYTES = 8 << 20
 Array = np.ndarray[Any, Any]
 TEXT = pd.StringDtype("pyarrow", na_value=float("nan"))
 

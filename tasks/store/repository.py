@@ -9,7 +9,19 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, and_, bindparam, case, func, insert, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 
 from tasks.domain.consent import latest_consents
 from tasks.domain.contract import CONTRACT, Entity
@@ -275,18 +287,28 @@ def read_segment_inputs(
     }
 
 
+def _due_between(window: tuple[date, date] | None) -> ColumnElement[bool]:
+    if window is None:
+        return true()
+    after, before = window
+    inst = s.instalments
+    return and_(inst.c.due_date < before, or_(inst.c.due_date > after, inst.c.paid_date.is_(None)))
+
+
 def read_segment_history(
     conn: Connection,
     markets: Sequence[str],
     activity_months: tuple[date, date],
     shard: Shard | None = None,
     open_only: bool = False,
+    due_between: tuple[date, date] | None = None,
 ) -> dict[Entity, pd.DataFrame]:
     """Return what segmenting and scoring read of the markets' history, text as Arrow strings.
 
     The rows of read_segment_inputs, less what neither looks at: instalment keys and amounts, and
     activity outside `activity_months` (first month, month after the last); with `open_only`, only
-    the open contracts and their instalments.
+    the open contracts and their instalments; with `due_between` (after, before), only instalments due
+    in between, or unpaid and due before.
     """
     cust = s.customers
     customers = read_columns(
@@ -319,7 +341,7 @@ def read_segment_history(
     instalments = read_columns(
         conn,
         select(inst.c.contract_key, inst.c.due_date, inst.c.paid_date).where(
-            inst.c.contract_key.in_(select(ct.c.contract_key).where(wanted))
+            inst.c.contract_key.in_(select(ct.c.contract_key).where(wanted)), _due_between(due_between)
         ),
     )
     act = s.activity

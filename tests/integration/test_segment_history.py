@@ -77,3 +77,41 @@ def test_scoring_reads_every_contract_and_its_instalments(engine: Engine) -> Non
         got = read_segment_history(conn, ["DE"], (date(2026, 5, 1), date(2026, 11, 1)))
     assert sorted(got[Entity.CONTRACTS]["contract_key"].tolist()) == ["K1", "K2"]
     assert sorted(got[Entity.INSTALMENTS]["contract_key"].tolist()) == ["K1", "K2"]
+
+
+def test_scorecard_reads_instalments_due_in_its_year_or_still_unpaid(engine: Engine) -> None:
+    _store(engine)
+    due = {
+        "old-paid": (date(2025, 11, 21), date(2025, 11, 21)),
+        "old-unpaid": (date(2025, 11, 21), None),
+        "in-year": (date(2025, 11, 23), date(2025, 12, 1)),
+        "due-today": (date(2026, 11, 22), None),
+    }
+    with engine.begin() as conn:
+        conn.execute(
+            insert(s.instalments),
+            [
+                {
+                    "instalment_key": key,
+                    "contract_key": "K1",
+                    "due_date": due_date,
+                    "paid_date": paid,
+                    "amount": 10,
+                    "currency": "EUR",
+                    **STAMP,
+                }
+                for key, (due_date, paid) in due.items()
+            ],
+        )
+        got = read_segment_history(
+            conn,
+            ["DE"],
+            (date(2026, 8, 1), date(2026, 11, 1)),
+            open_only=True,
+            due_between=(date(2025, 11, 22), date(2026, 11, 22)),
+        )
+    assert sorted(got[Entity.INSTALMENTS]["due_date"].dt.date.tolist()) == [
+        date(2025, 11, 21),
+        date(2025, 11, 23),
+        date(2026, 10, 1),
+    ]
