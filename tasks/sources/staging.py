@@ -74,6 +74,14 @@ def _write(frame: pd.DataFrame, path: Path) -> str:
     return str(path)
 
 
+def _write_behind(writes: BackgroundWrites, frame: pd.DataFrame, path: Path) -> str:
+    # Converted here: the thread then holds compact Arrow buffers, not the frame's Python objects,
+    # and runs only Parquet encoding and compression, which release the GIL.
+    rows = pa.Table.from_pandas(frame, preserve_index=False)
+    writes.submit(lambda: pq.write_table(rows, path, compression="lz4"))
+    return str(path)
+
+
 class RawWriter:
     """Write one entity's raw chunks as they are read; a chunk is written while the next one is read."""
 
@@ -91,8 +99,7 @@ class RawWriter:
         self.source, self.line_label = raw.source, raw.line_label
         frame = raw.frame.reset_index(drop=True).assign(**{LINE: raw.lines.to_numpy(dtype=np.int64)})
         path = self.directory / f"chunk-{len(self.chunks):05d}.parquet"
-        self.writes.submit(lambda: _write(frame, path))
-        self.chunks.append(str(path))
+        self.chunks.append(_write_behind(self.writes, frame, path))
         self.rows += len(frame)
 
     def finish(self) -> StagedEntity:
@@ -133,8 +140,7 @@ def write_clean(
     path = _private_dir(directory / "clean" / entity.value) / f"chunk-{index:05d}.parquet"
     if writes is None:
         return _write(frame, path)
-    writes.submit(lambda: _write(frame, path))
-    return str(path)
+    return _write_behind(writes, frame, path)
 
 
 def read_clean(path: str, lines: bool = False, columns: list[str] | None = None) -> pd.DataFrame:
