@@ -25,6 +25,7 @@ from tasks.domain.segmentation import (
 from tasks.domain.shards import Shard
 from tasks.domain.summary import counts
 from tasks.models.explain import scorecard_factors_in_words, top_factors
+from tasks.models.training import TrainedModel
 from tasks.runtime import get_runtime
 from tasks.store.repository import marketing_objectors, read_segment_history, write_segments
 from tasks.train_models import active_model
@@ -37,16 +38,15 @@ def scorecard_reasons(risk_factors: pd.Series, card: Scorecard) -> pd.Series:
     return risk_factors.map(words)
 
 
-def segment_cycle(
+def scored_segments(
     conn: Connection,
-    cycle_id: int,
     as_of: date,
     markets: list[str],
     config: SegmentationConfig,
+    model: TrainedModel | None,
     shard: Shard | None = None,
-) -> dict[str, Any]:
-    """Compute and store the segment rows of the cycle's open contracts (of one shard); return counts."""
-    model = active_model(conn, "renewal")
+) -> pd.DataFrame:
+    """Return the segment rows of the open contracts (of one shard), scored by `model` if given."""
     # The scorecard looks only at the open contracts' own instalments; a model at the whole history.
     scoring = model is not None
     window = activity_months(as_of, config, scoring)
@@ -64,7 +64,21 @@ def segment_cycle(
             pd.Series(model.predict_proba(frame)),
             top_factors(model, frame),
         )
-    segments = segment_contracts(open_contracts, *history[1:], as_of, config, risk)
+    return segment_contracts(open_contracts, *history[1:], as_of, config, risk)
+
+
+def segment_cycle(
+    conn: Connection,
+    cycle_id: int,
+    as_of: date,
+    markets: list[str],
+    config: SegmentationConfig,
+    shard: Shard | None = None,
+) -> dict[str, Any]:
+    """Compute and store the segment rows of the cycle's open contracts (of one shard); return counts."""
+    model = active_model(conn, "renewal")
+    # A function of its own, so the history is freed before the rows are written.
+    segments = scored_segments(conn, as_of, markets, config, model, shard)
     by_card = segments["risk_reasons"].isna()
     segments.loc[by_card, "risk_reasons"] = scorecard_reasons(
         segments.loc[by_card, "risk_factors"], config.scorecard
