@@ -67,7 +67,10 @@ def refresh_statistics(conn: Connection, tables: Sequence[str] = JOINED_TABLES) 
     # Autovacuum would analyze them too, but up to a minute later: after plan has run.
     stale = [name for name, live, changed, last in rows if last is None or changed > 50 + 0.1 * live]
     if stale:
-        conn.exec_driver_sql("ANALYZE " + ", ".join(f'"{name}"' for name in sorted(stale)))
+        # In its own committed transaction: ANALYZE holds its lock until commit, and a shard planning
+        # alongside would otherwise wait for this shard's whole plan to finish.
+        with conn.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as own:
+            own.exec_driver_sql("ANALYZE " + ", ".join(f'"{name}"' for name in sorted(stale)))
     return stale
 
 
