@@ -21,7 +21,6 @@ from tasks.domain.worklist import WorklistConfig
 from tasks.explain import scorecard_in_words
 from tasks.store import schema as s
 from tasks.store.bulk import read_frame
-from tasks.store.columns import read_columns
 from tasks.store.repository import utcnow
 
 COLUMNS = (
@@ -53,8 +52,7 @@ def build_worklist(
 ) -> pd.DataFrame:
     """Return the cycle's escalations, one row per customer and reason, highest value at risk first."""
     m, sa_, ct, inst, cons = s.messages, s.segment_assignments, s.contracts, s.instalments, s.consents
-    # Every segment row of the cycle (1.35M at 1M customers): text as Arrow strings, not Python objects.
-    segments = read_columns(
+    segments = read_frame(
         conn,
         select(
             sa_.c.customer_key,
