@@ -86,6 +86,15 @@ def test_worklist_escalates_late_payers_risky_renewals_and_unreachable_customers
     assert filter_worklist(rows, "FR", None).empty
 
 
+def test_worklist_of_a_cycle_without_segment_rows_is_empty(engine: Engine) -> None:
+    pipe = Pipeline(engine, playbook_id="all")
+    pipe.load(raw_set(customers=[], contracts=[], instalments=[], activity=[]))
+    pipe.cycle(AS_OF, now=NOON)
+    rows = _worklist(engine)
+    assert rows.empty
+    assert list(rows.columns)[:3] == ["customer_key", "market", "owner"]
+
+
 def test_worklist_csv_has_contact_details_only_when_asked(engine: Engine, tmp_path: Path) -> None:
     _served(engine)
     rows = _worklist(engine)
