@@ -50,7 +50,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any, cast
 
@@ -78,7 +78,6 @@ from tasks._prefect import STEP  # noqa: E402
 from tasks.channels.base import Outbound  # noqa: E402
 from tasks.channels.outbox import OutboxSender  # noqa: E402
 from tasks.domain.consent import (  # noqa: E402
-    ConsentRecord,
     Counter,
     Outcome,
     Request,
@@ -87,7 +86,7 @@ from tasks.domain.consent import (  # noqa: E402
     required_label,
 )
 from tasks.domain.frames import records  # noqa: E402
-from tasks.gate import holiday_checker  # noqa: E402
+from tasks.gate import consent_columns, consent_record, holiday_checker  # noqa: E402
 from tasks.render import is_marketing, message_context, whatsapp_variables, with_instalments  # noqa: E402
 from tasks.runtime import get_runtime  # noqa: E402
 from tasks.store import schema as s  # noqa: E402
@@ -102,14 +101,6 @@ REAL_STAGES = ("plan", "consent-gate", "render", "dispatch")
 # The naive variant being run sends to its own outbox directory; set before each variant.
 _outbox: dict[str, Path] = {}
 _senders: dict[tuple[Path, str], OutboxSender] = {}
-
-
-def _aware(value: Any) -> datetime | None:
-    """Return a UTC-aware datetime (SQLite hands back naive ones)."""
-    if value is None:
-        return None
-    moment: datetime = value
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @task(name="read-candidates", **STEP)
@@ -168,19 +159,7 @@ def check_consent(row: dict[str, Any]) -> dict[str, Any]:
             ct.c.contract_key,
             ct.c.status.label("contract_status"),
             ct.c.term_end,
-            cons.c.consent_id,
-            cons.c.channel,
-            cons.c.purpose,
-            cons.c.status,
-            cons.c.lawful_basis,
-            cons.c.captured_at,
-            cons.c.withdrawn_at,
-            cons.c.doi_confirmed_at,
-            cons.c.expires_at,
-            cons.c.sale_reference,
-            cons.c.notice_version,
-            cons.c.bundled,
-            cons.c.written,
+            *consent_columns(),
         )
         .select_from(cust)
         .outerjoin(ct, ct.c.customer_key == cust.c.customer_key)
@@ -194,22 +173,9 @@ def check_consent(row: dict[str, Any]) -> dict[str, Any]:
     market = rt.markets.get(str(row["market"]))
     if rows and market is not None:
         first = rows[0]
+        names = [c.name for c in consent_columns()]
         consents = {
-            r["consent_id"]: ConsentRecord(
-                consent_id=int(r["consent_id"]),
-                channel=r["channel"],
-                purpose=r["purpose"],
-                status=r["status"],
-                lawful_basis=r["lawful_basis"],
-                captured_at=_aware(r["captured_at"]),
-                withdrawn_at=_aware(r["withdrawn_at"]),
-                doi_confirmed_at=_aware(r["doi_confirmed_at"]),
-                expires_at=_aware(r["expires_at"]),
-                sale_reference=r["sale_reference"],
-                notice_version=r["notice_version"],
-                bundled=bool(r["bundled"]),
-                written=bool(r["written"]),
-            )
+            r["consent_id"]: consent_record([r[n] for n in names])
             for r in rows
             if r["consent_id"] is not None
         }

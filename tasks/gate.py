@@ -101,6 +101,46 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+def consent_columns() -> list[Any]:
+    """Return the consent columns the gate's rule reads, in the order consent_record takes them."""
+    cons = s.consents
+    return [
+        cons.c.consent_id,
+        cons.c.channel,
+        cons.c.purpose,
+        cons.c.status,
+        cons.c.lawful_basis,
+        cons.c.captured_at,
+        cons.c.withdrawn_at,
+        cons.c.doi_confirmed_at,
+        cons.c.expires_at,
+        cons.c.sale_reference,
+        cons.c.notice_version,
+        cons.c.bundled,
+        cons.c.written,
+    ]
+
+
+def consent_record(values: Sequence[Any]) -> ConsentRecord:
+    """Return the consent record of one row of consent_columns()."""
+    cid, channel, purpose, status, basis, cap, wdr, doi, exp, sale, notice, bundled, written = values
+    return ConsentRecord(
+        consent_id=int(cid),
+        channel=str(channel),
+        purpose=str(purpose),
+        status=str(status),
+        lawful_basis=str(basis),
+        captured_at=_utc(cap),
+        withdrawn_at=_utc(wdr),
+        doi_confirmed_at=_utc(doi),
+        expires_at=_utc(exp),
+        sale_reference=sale,
+        notice_version=notice,
+        bundled=bool(bundled),
+        written=bool(written),
+    )
+
+
 def _rows(conn: Connection, stmt: Select[Any], column: Any, keys: Sequence[str]) -> list[Any]:
     """Return the rows of `stmt` for the keys in `column`, read in chunks as plain tuples."""
     # Plain rows, not frames: the send-time re-check reads these for every batch of about 1,000
@@ -146,22 +186,7 @@ def load_subjects(
     )
     consent_rows = _rows(
         conn,
-        select(
-            cons.c.consent_id,
-            cons.c.customer_key,
-            cons.c.channel,
-            cons.c.purpose,
-            cons.c.status,
-            cons.c.lawful_basis,
-            cons.c.captured_at,
-            cons.c.withdrawn_at,
-            cons.c.doi_confirmed_at,
-            cons.c.expires_at,
-            cons.c.sale_reference,
-            cons.c.notice_version,
-            cons.c.bundled,
-            cons.c.written,
-        ),
+        select(cons.c.customer_key, *consent_columns()),
         cons.c.customer_key,
         keys,
     )
@@ -179,39 +204,8 @@ def load_subjects(
         last_end[key] = max(last_end.get(key, end), end)
 
     records: dict[str, list[ConsentRecord]] = defaultdict(list)
-    for (
-        cid,
-        key,
-        channel,
-        purpose,
-        status,
-        basis,
-        cap,
-        wdr,
-        doi,
-        exp,
-        sale,
-        notice,
-        bundled,
-        written,
-    ) in consent_rows:
-        records[str(key)].append(
-            ConsentRecord(
-                consent_id=int(cid),
-                channel=str(channel),
-                purpose=str(purpose),
-                status=str(status),
-                lawful_basis=str(basis),
-                captured_at=_utc(cap),
-                withdrawn_at=_utc(wdr),
-                doi_confirmed_at=_utc(doi),
-                expires_at=_utc(exp),
-                sale_reference=sale,
-                notice_version=notice,
-                bundled=bool(bundled),
-                written=bool(written),
-            )
-        )
+    for key, *values in consent_rows:
+        records[str(key)].append(consent_record(values))
 
     subjects: dict[str, Subject] = {}
     for key, market, timezone, region, email, phone, erased_at in people:

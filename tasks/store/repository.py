@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -12,6 +12,7 @@ import pandas as pd
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Select,
     and_,
     bindparam,
     case,
@@ -232,35 +233,43 @@ def cycle_row(conn: Connection, cycle_id: int) -> dict[str, Any]:
 # --- segment --------------------------------------------------------------------------------------
 
 
+def _market_customers(
+    conn: Connection, markets: Sequence[str], shard: Shard | None, reader: Callable[..., pd.DataFrame]
+) -> tuple[pd.DataFrame, Select[Any]]:
+    """Return the markets' unerased customers, read by `reader`, and a subquery of all their keys."""
+    cust = s.customers
+    in_markets = cust.c.market.in_(list(markets)), in_shard(cust.c.customer_key, shard)
+    customers = reader(
+        conn,
+        select(cust.c.customer_key, cust.c.market, cust.c.customer_since).where(
+            *in_markets, cust.c.erased_at.is_(None)
+        ),
+    )
+    return customers, select(cust.c.customer_key).where(*in_markets)
+
+
+def _contracts_of(where: ColumnElement[bool]) -> Select[Any]:
+    ct = s.contracts
+    return select(
+        ct.c.contract_key,
+        ct.c.customer_key,
+        ct.c.product,
+        ct.c.status,
+        ct.c.term_end,
+        ct.c.auto_renew,
+        ct.c.price,
+        ct.c.currency,
+        ct.c.renewed_at,
+    ).where(where)
+
+
 def read_segment_inputs(
     conn: Connection, markets: Sequence[str], shard: Shard | None = None
 ) -> dict[Entity, pd.DataFrame]:
     """Return customers, contracts, instalments and activity of the given markets (segments and models)."""
-    cust = s.customers
-    customers = read_frame(
-        conn,
-        select(cust.c.customer_key, cust.c.market, cust.c.customer_since).where(
-            cust.c.market.in_(list(markets)), cust.c.erased_at.is_(None), in_shard(cust.c.customer_key, shard)
-        ),
-    )
-    in_markets = select(cust.c.customer_key).where(
-        cust.c.market.in_(list(markets)), in_shard(cust.c.customer_key, shard)
-    )
+    customers, in_markets = _market_customers(conn, markets, shard, read_frame)
     ct = s.contracts
-    contracts = read_frame(
-        conn,
-        select(
-            ct.c.contract_key,
-            ct.c.customer_key,
-            ct.c.product,
-            ct.c.status,
-            ct.c.term_end,
-            ct.c.auto_renew,
-            ct.c.price,
-            ct.c.currency,
-            ct.c.renewed_at,
-        ).where(ct.c.customer_key.in_(in_markets)),
-    )
+    contracts = read_frame(conn, _contracts_of(ct.c.customer_key.in_(in_markets)))
     contracts = contracts[contracts["customer_key"].isin(customers["customer_key"])].reset_index(drop=True)
     inst = s.instalments
     instalments = read_frame(
@@ -310,32 +319,10 @@ def read_segment_history(
     the open contracts and their instalments; with `due_between` (after, before), only instalments due
     in between, or unpaid and due before.
     """
-    cust = s.customers
-    customers = read_columns(
-        conn,
-        select(cust.c.customer_key, cust.c.market, cust.c.customer_since).where(
-            cust.c.market.in_(list(markets)), cust.c.erased_at.is_(None), in_shard(cust.c.customer_key, shard)
-        ),
-    )
-    in_markets = select(cust.c.customer_key).where(
-        cust.c.market.in_(list(markets)), in_shard(cust.c.customer_key, shard)
-    )
+    customers, in_markets = _market_customers(conn, markets, shard, read_columns)
     ct = s.contracts
     wanted = and_(ct.c.customer_key.in_(in_markets), ct.c.status == OPEN if open_only else true())
-    contracts = read_columns(
-        conn,
-        select(
-            ct.c.contract_key,
-            ct.c.customer_key,
-            ct.c.product,
-            ct.c.status,
-            ct.c.term_end,
-            ct.c.auto_renew,
-            ct.c.price,
-            ct.c.currency,
-            ct.c.renewed_at,
-        ).where(wanted),
-    )
+    contracts = read_columns(conn, _contracts_of(wanted))
     contracts = contracts[is_in(contracts["customer_key"], customers["customer_key"])].reset_index(drop=True)
     inst = s.instalments
     instalments = read_columns(
