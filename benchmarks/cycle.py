@@ -196,6 +196,38 @@ def main() -> None:
     )
     print(f"peak RSS: {rss_cycle:,.0f} MiB (before the cycle {rss_before:,.0f} MiB)")
     print(f"messages: {rendered:,} rendered, {st['dispatch']['sent']:,} sent to the outbox")
+    timed = [(s, secs.get(s, 0.0)) for s in ("extract", "validate", "load")]
+    timed += (
+        [("all shards", secs["shards"])]
+        if "shards" in secs
+        else [(s, secs.get(s, 0.0)) for s, _ in per_stage[3:]]
+    )
+    print()
+    for line in verdicts(stage_sum / floor, rss_cycle, rss, timed):
+        print(line)
+
+
+def verdicts(
+    ratio: float, peak_mb: float, rss_after: dict[str, float], timed: list[tuple[str, float]]
+) -> list[str]:
+    """Return the issue's per-run targets, met or not, and where a missed one is lost."""
+    total = sum(s for _, s in timed) or 1.0
+    largest = sorted(timed, key=lambda pair: -pair[1])[:3]
+    shares = ", ".join(f"{name} {s:.1f}s ({s / total:.0%})" for name, s in largest)
+    lines = [
+        f"target cycle <= 3x floor: {ratio:.2f}x, {'met' if ratio <= 3 else 'missed'}; largest: {shares}"
+    ]
+    gib = peak_mb / 1024
+    where = "after the last stage (the cycle summary)"
+    for stage, after in sorted(rss_after.items(), key=lambda pair: pair[1]):
+        # ru_maxrss only grows, so by value is by time: the first stage within 1% of the end peaked.
+        if after >= 0.99 * peak_mb:
+            where = f"by the end of {stage}"
+            break
+    # 2 GB read strictly as 2e9 bytes (1,907 MiB), not 2 GiB.
+    met = "met" if peak_mb * 2**20 < 2e9 else "missed"
+    lines.append(f"target peak RSS < 2 GB: {gib:.2f} GiB, {met}; peak reached {where}")
+    return lines
 
 
 if __name__ == "__main__":
