@@ -1,0 +1,75 @@
+"""A first bulk load into an empty PostgreSQL table builds its indexes after the rows, and keeps them."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pandas as pd
+import pytest
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import IntegrityError
+
+from tasks.store import schema as s
+from tasks.store.ingest import sync_chunks
+
+pytestmark = pytest.mark.postgres
+
+NOW = datetime(2026, 11, 22, 6, 0, tzinfo=UTC)
+
+
+def _indexes(conn: Connection) -> set[tuple[str, str, str]]:
+    """Every index and constraint of the store's tables, by name and definition."""
+    indexes = conn.execute(
+        text("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")
+    ).all()
+    constraints = conn.execute(
+        text(
+            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE connamespace = 'public'::regnamespace"
+        )
+    ).all()
+    return {tuple(r) for r in indexes} | {tuple(r) for r in constraints}  # type: ignore[misc]
+
+
+def _instalments(keys: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "instalment_key": keys,
+            "contract_key": [f"K{k}" for k in keys],
+            "due_date": date(2026, 12, 1),
+            "amount": 10.0,
+            "currency": "EUR",
+            "row_hash": "h",
+            "loaded_at": NOW,
+        }
+    )
+
+
+def _load(conn: Connection, chunks: list[pd.DataFrame]) -> int:
+    def read(i: int, columns: list[str] | None) -> pd.DataFrame:
+        return chunks[i] if columns is None else chunks[i][columns]
+
+    stats = sync_chunks(conn, s.instalments, ["instalment_key"], len(chunks), read)
+    return stats.inserted
+
+
+def test_first_load_into_an_empty_table_leaves_every_index_and_key_as_migrated(pg_engine: Engine) -> None:
+    with pg_engine.connect() as conn:
+        before = _indexes(conn)
+    assert any(name == "pk_instalments" for _, name, _ in before)
+    with pg_engine.begin() as conn:
+        assert _load(conn, [_instalments(["I1", "I2"]), _instalments(["I3"])]) == 3
+    with pg_engine.connect() as conn:
+        assert _indexes(conn) == before
+    with pytest.raises(IntegrityError), pg_engine.begin() as conn:
+        conn.execute(s.instalments.insert(), _instalments(["I2"]).to_dict("records"))
+
+
+def test_first_load_with_a_repeated_key_fails_and_keeps_the_indexes(pg_engine: Engine) -> None:
+    with pg_engine.connect() as conn:
+        before = _indexes(conn)
+    with pytest.raises(IntegrityError), pg_engine.begin() as conn:
+        _load(conn, [_instalments(["I1", "I2"]), _instalments(["I2"])])
+    with pg_engine.connect() as conn:
+        assert _indexes(conn) == before
+        assert conn.execute(text("SELECT count(*) FROM instalments")).scalar_one() == 0
