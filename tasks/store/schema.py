@@ -21,6 +21,8 @@ from sqlalchemy import (
     text,
 )
 
+from tasks.store.sharding import key_hash_column
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(column_0_label)s",
@@ -49,6 +51,7 @@ customers = Table(
     Column("erased_at", UtcTime),
     Column("row_hash", String(32), nullable=False),
     Column("loaded_at", UtcTime, nullable=False),
+    key_hash_column(),
 )
 
 contracts = Table(
@@ -176,6 +179,7 @@ segment_assignments = Table(
     Column("profiling_objection", Boolean, nullable=False, server_default="0"),
     # The score's top reasons in plain words (a model's or the scorecard's); empty on rows before 0005.
     Column("risk_reasons", Text),
+    key_hash_column(),
 )
 
 holdouts = Table(
@@ -233,6 +237,7 @@ messages = Table(
     Column("sent_at", UtcTime),
     Column("retention_basis", String(100)),
     Column("updated_at", UtcTime, nullable=False),
+    key_hash_column(),
 )
 
 decisions = Table(
