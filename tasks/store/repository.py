@@ -13,15 +13,18 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
+    String,
     and_,
     bindparam,
     case,
+    column,
     func,
     insert,
     or_,
     select,
     true,
     update,
+    values,
 )
 
 from tasks.domain.consent import latest_consents
@@ -460,18 +463,34 @@ def read_lapsed_contracts(
     )
 
 
+def _last_active_of(conn: Connection, keys: list[str]) -> Select[Any]:
+    act = s.activity
+    if conn.dialect.name != "postgresql":
+        return (
+            select(act.c.customer_key, func.max(act.c.last_active).label("last_active"))
+            .where(act.c.customer_key.in_(keys))
+            .group_by(act.c.customer_key)
+        )
+    # Key by key through the primary key: for a long IN list PostgreSQL scans the whole table instead,
+    # once per chunk, which made a shard's cost grow with every customer's activity, not its own.
+    wanted = values(column("customer_key", String), name="wanted", literal_binds=True).data(
+        [(key,) for key in keys]
+    )
+    # HAVING: a customer without activity rows gets no row, as GROUP BY gives none.
+    latest = (
+        select(func.max(act.c.last_active).label("last_active"))
+        .where(act.c.customer_key == wanted.c.customer_key)
+        .having(func.count() > 0)
+        .lateral("latest")
+    )
+    return select(wanted.c.customer_key, latest.c.last_active).join_from(wanted, latest, true())
+
+
 def last_activity(conn: Connection, customer_keys: Sequence[str]) -> pd.Series:
     """Return each customer's last active day (from the monthly activity rows)."""
-    act = s.activity
     keys = list(dict.fromkeys(customer_keys))
     frames = [
-        read_frame(
-            conn,
-            select(act.c.customer_key, func.max(act.c.last_active).label("last_active"))
-            .where(act.c.customer_key.in_(keys[i : i + 20000]))
-            .group_by(act.c.customer_key),
-        )
-        for i in range(0, len(keys), 20000)
+        read_frame(conn, _last_active_of(conn, keys[i : i + 20000])) for i in range(0, len(keys), 20000)
     ]
     frame = (
         pd.concat(frames, ignore_index=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
+import pandas as pd
 from sqlalchemy import Engine, insert, select
 
 from tasks.domain.shards import shard_of, shards
 from tasks.store import schema as s
-from tasks.store.repository import marketing_objectors
+from tasks.store.repository import last_activity, marketing_objectors
 from tasks.store.sharding import in_shard
 
 NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
@@ -70,3 +71,23 @@ def test_marketing_objectors_of_a_shard_are_its_own_customers(engine: Engine) ->
         )
         parts = [marketing_objectors(conn, ["DE"], shard) for shard in shards(3)]
     assert [sorted(p) for p in parts] == [sorted(k for k in KEYS if shard_of(k, 3) == i) for i in range(3)]
+
+
+def test_last_activity_is_each_customers_latest_day_and_skips_customers_without_rows(engine: Engine) -> None:
+    rows = [
+        ("C1", date(2026, 9, 1), date(2026, 9, 20)),
+        ("C1", date(2026, 10, 1), date(2026, 10, 3)),
+        ("C2", date(2026, 10, 1), None),
+        ("C3", date(2026, 8, 1), date(2026, 8, 31)),
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            insert(s.activity),
+            [
+                {"customer_key": k, "month": m, "transactions": 1, "last_active": d, **STAMP}
+                for k, m, d in rows
+            ],
+        )
+        latest = last_activity(conn, ["C1", "C2", "C4", "C1"])
+    found = {k: (None if pd.isna(v) else pd.Timestamp(v).date()) for k, v in latest.items()}
+    assert found == {"C1": date(2026, 10, 3), "C2": None}
