@@ -17,15 +17,15 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    column,
     func,
     insert,
+    literal,
     or_,
     select,
     true,
     update,
-    values,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from tasks.domain.consent import latest_consents
 from tasks.domain.contract import CONTRACT, Entity
@@ -473,9 +473,8 @@ def _last_active_of(conn: Connection, keys: list[str]) -> Select[Any]:
         )
     # Key by key through the primary key: for a long IN list PostgreSQL scans the whole table instead,
     # once per chunk, which made a shard's cost grow with every customer's activity, not its own.
-    wanted = values(column("customer_key", String), name="wanted", literal_binds=True).data(
-        [(key,) for key in keys]
-    )
+    # An array, not VALUES: SQLAlchemy renders 20,000 VALUES rows in 0.6 s, the array in 0.01 s.
+    wanted = func.unnest(literal(keys, ARRAY(String))).table_valued("customer_key").render_derived("wanted")
     # HAVING: a customer without activity rows gets no row, as GROUP BY gives none.
     latest = (
         select(func.max(act.c.last_active).label("last_active"))

@@ -79,6 +79,7 @@ def test_last_activity_is_each_customers_latest_day_and_skips_customers_without_
         ("C1", date(2026, 10, 1), date(2026, 10, 3)),
         ("C2", date(2026, 10, 1), None),
         ("C3", date(2026, 8, 1), date(2026, 8, 31)),
+        ('O\'K, "x"', date(2026, 8, 1), date(2026, 8, 2)),
     ]
     with engine.begin() as conn:
         conn.execute(
@@ -88,6 +89,6 @@ def test_last_activity_is_each_customers_latest_day_and_skips_customers_without_
                 for k, m, d in rows
             ],
         )
-        latest = last_activity(conn, ["C1", "C2", "C4", "C1"])
+        latest = last_activity(conn, ["C1", "C2", "C4", "C1", 'O\'K, "x"'])
     found = {k: (None if pd.isna(v) else pd.Timestamp(v).date()) for k, v in latest.items()}
-    assert found == {"C1": date(2026, 10, 3), "C2": None}
+    assert found == {"C1": date(2026, 10, 3), "C2": None, 'O\'K, "x"': date(2026, 8, 2)}
