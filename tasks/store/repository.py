@@ -369,14 +369,8 @@ def marketing_objectors(conn: Connection, markets: Sequence[str], shard: Shard |
             c.c.withdrawn_at,
         )
         .where(c.c.channel == "all", c.c.purpose == "marketing")
-        .where(
-            # The shard on the customers' side: they store the hash of the key, consents do not.
-            c.c.customer_key.in_(
-                select(cust.c.customer_key).where(
-                    cust.c.market.in_(list(markets)), in_shard(cust.c.customer_key, shard)
-                )
-            )
-        ),
+        .where(c.c.customer_key.in_(select(cust.c.customer_key).where(cust.c.market.in_(list(markets)))))
+        .where(in_shard(c.c.customer_key, shard)),
     )
     if rows.empty:
         return set()
@@ -457,8 +451,7 @@ def read_lapsed_contracts(
             ct.c.term_end >= since,
             cust.c.market.in_(list(markets)),
             cust.c.erased_at.is_(None),
-            # The customer's key, not the contract's: the same key, but customers store its hash.
-            in_shard(cust.c.customer_key, shard),
+            in_shard(ct.c.customer_key, shard),
         ),
     )
 
