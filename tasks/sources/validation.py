@@ -164,9 +164,12 @@ def _is_in(values: pd.Series, keys: pd.Index | pa.Array) -> pd.Series:
     """Return whether each value is one of `keys` (an Arrow array holds millions of keys compactly)."""
     if isinstance(keys, pd.Index):
         return values.isin(keys)
-    found = pc.is_in(
-        pa.array(values.to_numpy(dtype=object), type=pa.string(), from_pandas=True), value_set=keys
+    arrow = (
+        pa.array(values.array)
+        if _arrow_text(values)
+        else pa.array(values.to_numpy(dtype=object), type=pa.string(), from_pandas=True)
     )
+    found = pc.is_in(arrow, value_set=keys)
     return pd.Series(
         np.asarray(pc.fill_null(found, False).to_numpy(zero_copy_only=False), dtype=bool), index=values.index
     )
@@ -349,8 +352,12 @@ def validate_entity(
     markets: Mapping[str, Market],
     parent_keys: pd.Index | pa.Array | None = None,
     parent_regions: Mapping[str, str] | None = None,
+    parent_found: np.ndarray | None = None,
 ) -> Validated:
-    """Validate one entity; rows with any problem are quarantined whole, with one entry per problem."""
+    """Validate one entity; rows with any problem are quarantined whole, with one entry per problem.
+
+    `parent_found`, when given, says for each row whether its parent key is in `parent_keys`.
+    """
     spec = CONTRACT[raw.entity]
     frame = raw.frame.reset_index(drop=True)
     problems = Problems([], [], [], [])
@@ -373,7 +380,8 @@ def validate_entity(
 
     if spec.parent is not None and parent_keys is not None:
         _, fk = spec.parent
-        orphan = parsed[fk].notna() & ~_is_in(parsed[fk], parent_keys)
+        found = _is_in(parsed[fk], parent_keys) if parent_found is None else parent_found
+        orphan = parsed[fk].notna() & ~found
         problems.add(orphan, fk, Reason.UNKNOWN_PARENT, f"no valid {spec.parent[0].value} row with this {fk}")
 
     clean = pd.DataFrame(parsed)
@@ -516,13 +524,18 @@ def repeated_keys(entity: StagedEntity) -> pd.Index:
                 return
             yield keys, np.where((keys != "").to_numpy(dtype=bool), _hashes(keys), 0)
 
-    parts = [h for _, h in hashed()]
-    every = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-    del parts
+    # Filled in place: gathering the chunks' hashes and concatenating them held every hash twice.
+    every = np.empty(entity.rows, dtype=np.int64)
+    filled = 0
+    for _, h in hashed():
+        every[filled : filled + len(h)] = h
+        filled += len(h)
+    every = every[:filled]
     every.sort()
-    every = every[every != 0]
-    candidates = np.unique(every[1:][every[1:] == every[:-1]])
-    del every
+    # Hash 0 marks a row without a complete key; such rows are never repeats.
+    repeats = (every[1:] == every[:-1]) & (every[1:] != 0)
+    candidates = np.unique(every[1:][repeats])
+    del every, repeats
     if not len(candidates):
         return pd.Index([], dtype=object)
     found = [keys[np.isin(h, candidates)] for keys, h in hashed()]
@@ -559,6 +572,29 @@ def _take(raw: RawFrame, mask: np.ndarray) -> RawFrame:
         raw.source,
         raw.frame.loc[mask].reset_index(drop=True),
         raw.lines.loc[mask].reset_index(drop=True),
+        raw.line_label,
+    )
+
+
+# Validating turns each text value (~10 bytes as Arrow) into a Python string (~60), several times
+# over, so a staged chunk is validated in slices of about this much Arrow text: at 1M customers a
+# 500k-row chunk of consents took ~1 GB at its peak.
+_SLICE_BYTES = 24 << 20
+
+
+def _slices(raw: RawFrame) -> list[slice]:
+    """Return the row ranges that cut `raw` into slices of about `_SLICE_BYTES` each."""
+    size = int(raw.frame.memory_usage(index=False).sum())
+    rows = max(1, len(raw.frame) * _SLICE_BYTES // max(size, 1))
+    return [slice(start, start + rows) for start in range(0, max(len(raw.frame), 1), rows)]
+
+
+def _rows(raw: RawFrame, part: slice) -> RawFrame:
+    return RawFrame(
+        raw.entity,
+        raw.source,
+        raw.frame.iloc[part].reset_index(drop=True),
+        raw.lines.iloc[part].reset_index(drop=True),
         raw.line_label,
     )
 
@@ -642,10 +678,13 @@ class _EntityRun:
                 if maybe.any():
                     held.append(_take(raw, maybe))
                     raw = _take(raw, ~maybe)
-            clean = self._check(raw)
-            if len(clean):
-                self.paths.append(write_clean(self.out, self.entity, len(self.paths), clean, writes))
-                self.first_lines.append(int(clean[LINE].iloc[0]))
+            # One lookup a chunk: building the set of millions of parent keys costs more than probing it.
+            found = self._parents_found(raw)
+            for part in _slices(raw):
+                clean = self._check(_rows(raw, part), None if found is None else found[part])
+                if len(clean):
+                    self.paths.append(write_clean(self.out, self.entity, len(self.paths), clean, writes))
+                    self.first_lines.append(int(clean[LINE].iloc[0]))
         # Held-back rows are merged into chunks read back from disk.
         writes.wait()
         if held:
@@ -655,9 +694,16 @@ class _EntityRun:
                 self._check(RawFrame(self.entity, held[0].source, frame, lines, held[0].line_label))
             )
 
-    def _check(self, raw: RawFrame) -> pd.DataFrame:
+    def _parents_found(self, raw: RawFrame) -> np.ndarray | None:
+        """Return whether each row's parent key is a valid parent (None: nothing to look up)."""
+        parent = CONTRACT[self.entity].parent
+        if parent is None or self.parent_keys is None or parent[1] not in raw.frame.columns:
+            return None
+        return _is_in(raw.frame[parent[1]], self.parent_keys).to_numpy(dtype=bool)
+
+    def _check(self, raw: RawFrame, parent_found: np.ndarray | None = None) -> pd.DataFrame:
         """Return the valid rows of `raw` with their lines, recording its quarantine."""
-        result = validate_entity(raw, self.markets, self.parent_keys)
+        result = validate_entity(raw, self.markets, self.parent_keys, parent_found=parent_found)
         self.problems.append(result.quarantine)
         clean = result.clean
         clean[LINE] = raw.lines[~raw.lines.isin(result.quarantine["line"])].to_numpy(dtype=np.int64)
