@@ -495,15 +495,15 @@ def last_activity(conn: Connection, customer_keys: Sequence[str]) -> pd.Series:
 def customers_contacted_on(
     conn: Connection, day: date, markets: Sequence[str], shard: Shard | None = None
 ) -> pd.DataFrame:
-    """Return (customer, playbook) pairs with a message planned on `day` that is not blocked or dropped."""
-    m = s.messages
-    start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+    """Return (customer, playbook) pairs with a message of a cycle for `day`, not blocked or dropped."""
+    m, cyc = s.messages, s.cycles
+    # The cycle's day, not the clock's: a cycle for the 22nd may run after midnight UTC, or be rerun later.
+    of_day = select(cyc.c.cycle_id).where(cyc.c.as_of == day)
     return read_frame(
         conn,
         select(m.c.customer_key, m.c.playbook)
         .where(
-            m.c.planned_at >= start,
-            m.c.planned_at < start + timedelta(days=1),
+            m.c.cycle_id.in_(of_day),
             m.c.market.in_(list(markets)),
             m.c.status.not_in(["blocked", "expired", "cancelled", "standby"]),
             ~m.c.message_key.startswith("dry:"),

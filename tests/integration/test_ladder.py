@@ -149,3 +149,23 @@ def test_renewal_and_dunning_due_the_same_day_send_one_message(engine: Engine) -
     assert by_playbook["renewal-standard"]["new"] == 0
     sent = pipe.senders["email"].sent + pipe.senders["sms"].sent  # type: ignore[attr-defined]
     assert len(sent) == 1 and ":I1:" in sent[0].message_key
+
+
+def test_a_rerun_of_the_day_on_a_later_clock_day_still_sends_one_message(engine: Engine) -> None:
+    pipe = Pipeline(engine, playbook_id="all")
+    contract = {"contract_key": "K1", "customer_key": "C1", "term_end": str(AS_OF + timedelta(days=14))}
+    overdue = {
+        "instalment_key": "I1",
+        "contract_key": "K1",
+        "due_date": str(AS_OF - timedelta(days=1)),
+        "paid_date": "",
+    }
+    pipe.load(raw_set(customers=[_customer("C1")], contracts=[contract], instalments=[overdue]))
+    pipe.cycle(AS_OF, now=NOON)
+    # Messages are planned at the wall clock's time, which is not AS_OF's day: the rerun must still
+    # see the customer as contacted by the higher-priority ladder on AS_OF.
+    rerun = pipe.cycle(AS_OF, now=NOON + timedelta(days=1))
+    assert rerun["plan"]["new"] == 0
+    assert rerun["plan"]["by_playbook"]["renewal-standard"]["superseded_same_day"] == 1
+    sent = pipe.senders["email"].sent + pipe.senders["sms"].sent  # type: ignore[attr-defined]
+    assert len(sent) == 1
