@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, and_, or_, select
 
 from tasks.domain.playbook import Playbook
 from tasks.domain.worklist import WorklistConfig
@@ -24,6 +24,7 @@ from tasks.store.bulk import read_frame
 from tasks.store.columns import read_columns
 from tasks.store.repository import utcnow
 
+NOT_REACHED = ["failed", "undelivered", "bounced", "dropped", "in_doubt"]
 COLUMNS = (
     "customer_key",
     "market",
@@ -42,6 +43,28 @@ def _fx(rates: Mapping[str, Any], currency: pd.Series, amount: pd.Series) -> pd.
     # Object first: an Arrow-string column of an empty cycle would map to strings, not rates.
     rate = currency.astype("object").map({k: float(v) for k, v in rates.items()}).astype("float64")
     return (amount.astype("float64") * rate).round(2)
+
+
+def _risk_in_words(conn: Connection, cycle_id: int, contract_keys: list[str]) -> dict[str, str]:
+    """Return the risk in words of the escalated contracts, read for those alone (not the whole cycle)."""
+    sa_ = s.segment_assignments
+    words: dict[str, str] = {}
+    for start in range(0, len(contract_keys), 5000):
+        rows = read_frame(
+            conn,
+            select(
+                sa_.c.contract_key,
+                sa_.c.risk_score,
+                sa_.c.risk_band,
+                sa_.c.risk_factors,
+                sa_.c.risk_reasons,
+                sa_.c.model_version,
+                sa_.c.profiling_objection,
+            ).where(sa_.c.cycle_id == cycle_id, sa_.c.contract_key.in_(contract_keys[start : start + 5000])),
+        ).drop_duplicates("contract_key")
+        for row in rows.to_dict("records"):
+            words[str(row["contract_key"])] = scorecard_in_words({str(k): v for k, v in row.items()})
+    return words
 
 
 def build_worklist(
@@ -64,10 +87,6 @@ def build_worklist(
             sa_.c.segment,
             sa_.c.risk_score,
             sa_.c.risk_band,
-            sa_.c.risk_factors,
-            sa_.c.risk_reasons,
-            sa_.c.model_version,
-            sa_.c.profiling_objection,
             ct.c.price,
             ct.c.currency,
         )
@@ -92,7 +111,14 @@ def build_worklist(
             m.c.error_code,
             m.c.anchor_date,
             m.c.message_key,
-        ).where(m.c.cycle_id == cycle_id),
+        ).where(
+            m.c.cycle_id == cycle_id,
+            # Only the rows the worklist can escalate: the cycle has hundreds of thousands of messages.
+            or_(
+                *(and_(m.c.playbook == p, m.c.step == st) for p, st in sorted(escalating)),
+                and_(m.c.status.in_(NOT_REACHED), m.c.purpose.in_(["service", "dunning"])),
+            ),
+        ),
     )
     if not msgs.empty:
         late = msgs.loc[[(p, st) in escalating for p, st in zip(msgs["playbook"], msgs["step"], strict=True)]]
@@ -121,10 +147,7 @@ def build_worklist(
                     }
                 )
             )
-        failed = msgs.loc[
-            msgs["status"].isin(["failed", "undelivered", "bounced", "dropped", "in_doubt"])
-            & msgs["purpose"].isin(["service", "dunning"])
-        ]
+        failed = msgs.loc[msgs["status"].isin(NOT_REACHED) & msgs["purpose"].isin(["service", "dunning"])]
         if not failed.empty:
             rows.append(
                 pd.DataFrame(
@@ -189,9 +212,8 @@ def build_worklist(
     risk = segments.drop_duplicates("contract_key").set_index("contract_key")
     out["risk_score"] = out["contract_key"].map(risk["risk_score"])
     out["risk_band"] = out["contract_key"].map(risk["risk_band"])
-    out["risk_in_words"] = [
-        scorecard_in_words(risk.loc[k].to_dict()) if k in risk.index else "" for k in out["contract_key"]
-    ]
+    words = _risk_in_words(conn, cycle_id, out["contract_key"].dropna().unique().tolist())
+    out["risk_in_words"] = out["contract_key"].map(words).fillna("")
     out["owner"] = out["market"].map(config.owners).fillna(config.default_owner)
     out = out.sort_values(["value_at_risk_eur", "customer_key"], ascending=[False, True], na_position="last")
     return out[list(COLUMNS)].reset_index(drop=True)
