@@ -132,7 +132,8 @@ def test_dunning_renders_the_amount_due_and_a_pay_link(engine: Engine) -> None:
     assert "250,00" in sent.body and "/pay/" in sent.body
 
 
-def test_renewal_and_dunning_due_the_same_day_send_one_message(engine: Engine) -> None:
+def _renewal_due_with_an_overdue_instalment(engine: Engine) -> Pipeline:
+    """One customer whose renewal step and first dunning step fall on AS_OF, loaded into the store."""
     pipe = Pipeline(engine, playbook_id="all")
     contract = {"contract_key": "K1", "customer_key": "C1", "term_end": str(AS_OF + timedelta(days=14))}
     overdue = {
@@ -142,6 +143,11 @@ def test_renewal_and_dunning_due_the_same_day_send_one_message(engine: Engine) -
         "paid_date": "",
     }
     pipe.load(raw_set(customers=[_customer("C1")], contracts=[contract], instalments=[overdue]))
+    return pipe
+
+
+def test_renewal_and_dunning_due_the_same_day_send_one_message(engine: Engine) -> None:
+    pipe = _renewal_due_with_an_overdue_instalment(engine)
     stats = pipe.cycle(AS_OF, now=NOON)
     by_playbook = stats["plan"]["by_playbook"]
     assert by_playbook["repayment-ladder"]["new"] >= 1
@@ -152,15 +158,7 @@ def test_renewal_and_dunning_due_the_same_day_send_one_message(engine: Engine) -
 
 
 def test_a_rerun_of_the_day_on_a_later_clock_day_still_sends_one_message(engine: Engine) -> None:
-    pipe = Pipeline(engine, playbook_id="all")
-    contract = {"contract_key": "K1", "customer_key": "C1", "term_end": str(AS_OF + timedelta(days=14))}
-    overdue = {
-        "instalment_key": "I1",
-        "contract_key": "K1",
-        "due_date": str(AS_OF - timedelta(days=1)),
-        "paid_date": "",
-    }
-    pipe.load(raw_set(customers=[_customer("C1")], contracts=[contract], instalments=[overdue]))
+    pipe = _renewal_due_with_an_overdue_instalment(engine)
     pipe.cycle(AS_OF, now=NOON)
     # Messages are planned at the wall clock's time, which is not AS_OF's day: the rerun must still
     # see the customer as contacted by the higher-priority ladder on AS_OF.
