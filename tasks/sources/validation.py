@@ -566,12 +566,13 @@ def _sorted_quarantine(parts: list[pd.DataFrame]) -> pd.DataFrame:
     return out.sort_values(["line", "field"], kind="stable").reset_index(drop=True)
 
 
-def _take(raw: RawFrame, mask: np.ndarray) -> RawFrame:
+def _take(raw: RawFrame, rows: np.ndarray | slice) -> RawFrame:
+    """Return the rows of `raw` picked by a boolean mask or a slice of positions."""
     return RawFrame(
         raw.entity,
         raw.source,
-        raw.frame.loc[mask].reset_index(drop=True),
-        raw.lines.loc[mask].reset_index(drop=True),
+        raw.frame.iloc[rows].reset_index(drop=True),
+        raw.lines.iloc[rows].reset_index(drop=True),
         raw.line_label,
     )
 
@@ -587,16 +588,6 @@ def _slices(raw: RawFrame) -> list[slice]:
     size = int(raw.frame.memory_usage(index=False).sum())
     rows = max(1, len(raw.frame) * _SLICE_BYTES // max(size, 1))
     return [slice(start, start + rows) for start in range(0, max(len(raw.frame), 1), rows)]
-
-
-def _rows(raw: RawFrame, part: slice) -> RawFrame:
-    return RawFrame(
-        raw.entity,
-        raw.source,
-        raw.frame.iloc[part].reset_index(drop=True),
-        raw.lines.iloc[part].reset_index(drop=True),
-        raw.line_label,
-    )
 
 
 class _ParentKeys:
@@ -681,7 +672,7 @@ class _EntityRun:
             # One lookup a chunk: building the set of millions of parent keys costs more than probing it.
             found = self._parents_found(raw)
             for part in _slices(raw):
-                clean = self._check(_rows(raw, part), None if found is None else found[part])
+                clean = self._check(_take(raw, part), None if found is None else found[part])
                 if len(clean):
                     self.paths.append(write_clean(self.out, self.entity, len(self.paths), clean, writes))
                     self.first_lines.append(int(clean[LINE].iloc[0]))
