@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 from tasks._prefect import IO_RETRIES, STEP
 from tasks.domain.contract import ENTITY_ORDER, Entity
 from tasks.dsr import suppressed_addresses
+from tasks.plan import refresh_statistics
 from tasks.runtime import get_runtime
 from tasks.sources.staging import discard, read_clean, read_clean_arrow, read_quarantine
 from tasks.sources.validation import StagedValidation, ValidationResult
@@ -31,6 +32,8 @@ from tasks.store.repository import (
     sync_entity,
     utcnow,
 )
+
+LOADED_TABLES = ("customers", "contracts", "instalments", "activity", "consents")
 
 
 def load_validated(
@@ -134,5 +137,9 @@ def load(result: StagedValidation, cycle_id: int) -> dict[str, Any]:
         )
     # Committed: the staged rows are not needed any more.
     discard(result.directory)
+    # Segment and every shard read these next; without statistics PostgreSQL takes a just-loaded
+    # table for nearly empty (a 5k-customer shard's history read took 20 s instead of 0.3 s).
+    with rt.engine.connect() as conn:
+        refresh_statistics(conn, LOADED_TABLES)
     get_run_logger().info("loaded %s", stats)
     return stats
