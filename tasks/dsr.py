@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Select, Table, delete, insert, select, update
 
 from tasks._prefect import STEP
 from tasks.domain.consent import EXPLANATIONS, Reason
@@ -39,6 +39,11 @@ class UnknownCustomer(LookupError):
 
 def _rows(conn: Connection, stmt: Any) -> list[dict[str, Any]]:
     return records(read_frame(conn, stmt))
+
+
+def _held(table: Table) -> Select[Any]:
+    """Select what the store holds about a person, less columns it computes for itself (the shard hash)."""
+    return select(*(column for column in table.columns if column.computed is None))
 
 
 def _deadline(market: Market | None, received: datetime) -> date:
@@ -92,7 +97,7 @@ def export_customer(
     conn: Connection, customer_key: str, hash_key: bytes, request: dict[str, Any]
 ) -> dict[str, Any]:
     """Return everything held about one customer, with plain-language explanations."""
-    cust = _rows(conn, select(s.customers).where(s.customers.c.customer_key == customer_key))
+    cust = _rows(conn, _held(s.customers).where(s.customers.c.customer_key == customer_key))
     if not cust:
         raise UnknownCustomer(customer_key)
     person = cust[0]
@@ -143,7 +148,7 @@ def export_customer(
     )
     segments = _rows(
         conn,
-        select(s.segment_assignments)
+        _held(s.segment_assignments)
         .where(s.segment_assignments.c.customer_key == customer_key)
         .order_by(s.segment_assignments.c.cycle_id),
     )

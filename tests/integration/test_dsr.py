@@ -118,6 +118,8 @@ def test_case11_access_export_holds_consent_evidence_messages_scores_and_explana
     assert export["decisions"] and export["decisions"][0]["in_plain_words"]
     assert export["segments_and_scores"][0]["in_plain_words"].startswith("Renewal risk")
     assert "scorecard" in export["scoring_logic"]
+    # The shard hash is the store's own bookkeeping, not data about the person.
+    assert "shard_hash" not in export["customer"] and "shard_hash" not in export["segments_and_scores"][0]
     json.dumps(export, default=str)
 
 
