@@ -6,7 +6,7 @@ import io
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 
 import numpy as np
@@ -240,6 +240,9 @@ class ConsentAppend:
         self.columns: list[str] = []
         self.rows = 0
         self.stats = SyncStats(0, 0, 0)
+        self._rebuild = ExitStack()
+        if self.pg and not self.upto:
+            self._rebuild.enter_context(indexes_built_after(conn, s.consents))
 
     def add(self, df: pd.DataFrame) -> None:
         """Take one chunk of prepared consent rows (see `consent_rows`)."""
@@ -284,6 +287,7 @@ class ConsentAppend:
             ).one()
             self.conn.exec_driver_sql(f"DROP TABLE {tmp}")
             self.stats = SyncStats(int(counts[0]), int(counts[1]), 0)
+        self._rebuild.close()
         fresh, changed = self.stats.inserted, self.stats.updated
         return SyncStats(fresh, changed, self.rows - fresh - changed)
 

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from tasks.store import schema as s
-from tasks.store.ingest import sync_chunks
+from tasks.store.ingest import ConsentAppend, sync_chunks
 
 pytestmark = pytest.mark.postgres
 
@@ -73,3 +73,33 @@ def test_first_load_with_a_repeated_key_fails_and_keeps_the_indexes(pg_engine: E
     with pg_engine.connect() as conn:
         assert _indexes(conn) == before
         assert conn.execute(text("SELECT count(*) FROM instalments")).scalar_one() == 0
+
+
+def _consents(customers: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "customer_key": customers,
+            "channel": "email",
+            "purpose": "marketing",
+            "controller": "bank",
+            "status": "granted",
+            "lawful_basis": "consent",
+            "captured_at": NOW,
+            "row_hash": "h",
+        }
+    )
+
+
+def test_first_consent_load_into_an_empty_table_keeps_its_indexes_and_file_order(pg_engine: Engine) -> None:
+    with pg_engine.connect() as conn:
+        before = _indexes(conn)
+    assert any(name == "ix_consents_current" for _, name, _ in before)
+    with pg_engine.begin() as conn:
+        append = ConsentAppend(conn, NOW)
+        append.add(_consents(["C2", "C1"]))
+        append.add(_consents(["C3"]))
+        assert append.finish().inserted == 3
+    with pg_engine.connect() as conn:
+        assert _indexes(conn) == before
+        order = conn.execute(text("SELECT customer_key FROM consents ORDER BY consent_id")).scalars()
+        assert list(order) == ["C2", "C1", "C3"]
