@@ -153,7 +153,8 @@ def _rows(conn: Connection, stmt: Select[Any], column: Any, keys: Sequence[str])
         ]
     else:
         picked = [stmt.where(column.in_(chunk)) for chunk in _chunks(keys)]
-    return [tuple(row) for query in picked for row in conn.execute(query)]
+    # fetchall: one driver call per chunk, not one per row.
+    return [tuple(row) for query in picked for row in conn.execute(query).all()]
 
 
 def load_subjects(

@@ -107,6 +107,9 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=False,
             auto_reload=False,
+            # Unbounded: a cycle uses a few hundred templates, and Jinja's bounded LRU cache moves each
+            # one in a deque on every {% extends %}/{% import %} lookup (a scan per message part).
+            cache_size=-1,
             # Compiling the ~200 templates a cycle uses took 1.6 s per process; compiled code is kept in
             # a private per-user temp dir, keyed by file path and source checksum, like Python's .pyc.
             bytecode_cache=FileSystemBytecodeCache(pattern="renewals-%s.cache"),
