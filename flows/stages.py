@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import resource
 import time
 from collections.abc import Iterator
@@ -34,6 +35,18 @@ def timed(seconds: dict[str, float], stage: str, rss: dict[str, float] | None = 
 def peak_rss_mb() -> float:
     """Return this process's peak resident set size so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def release_memory() -> None:
+    """Hand memory freed by the ingest back to the operating system (Arrow's pool, then glibc's heap)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to trim
+        return
+    libc.malloc_trim(0)
 
 
 def named(step: Any, label: str) -> Any:
