@@ -12,7 +12,6 @@ from sqlalchemy import Connection
 from tasks._prefect import IO_RETRIES, STEP
 from tasks.domain.contract import ENTITY_ORDER, Entity
 from tasks.dsr import suppressed_addresses
-from tasks.plan import refresh_statistics
 from tasks.runtime import get_runtime
 from tasks.sources.staging import discard, read_clean, read_clean_arrow, read_quarantine
 from tasks.sources.validation import StagedValidation, ValidationResult
@@ -32,6 +31,7 @@ from tasks.store.repository import (
     sync_entity,
     utcnow,
 )
+from tasks.store.statistics import refresh_statistics
 
 LOADED_TABLES = ("customers", "contracts", "instalments", "activity", "consents")
 

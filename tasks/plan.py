@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, select
 
 from tasks._prefect import STEP
 from tasks.domain.planning import (
@@ -43,35 +43,13 @@ from tasks.store.repository import (
     utcnow,
 )
 from tasks.store.sharding import in_shard
+from tasks.store.statistics import refresh_statistics
 
 OPEN_STATUSES = ("planned", "queued", "rendered")
 WAITING_STATUSES = (*OPEN_STATUSES, "deferred", "standby")
 DRY_PREFIX = "dry"
 # The tables plan joins: load and segment have just written them in bulk.
 JOINED_TABLES = ("instalments", "segment_assignments", "messages")
-
-
-def refresh_statistics(conn: Connection, tables: Sequence[str] = JOINED_TABLES) -> list[str]:
-    """ANALYZE the tables (PostgreSQL) changed beyond autovacuum's threshold since their last ANALYZE."""
-    if conn.dialect.name != "postgresql":
-        return []
-    rows = conn.execute(
-        text(
-            "SELECT relname, n_live_tup, n_mod_since_analyze, coalesce(last_analyze, last_autoanalyze) "
-            "FROM pg_stat_user_tables WHERE relname = ANY(:tables) AND schemaname = current_schema()"
-        ),
-        {"tables": list(tables)},
-    )
-    # Without fresh statistics a just-loaded table looks nearly empty, and the unpaid-instalment join
-    # becomes a nested loop that compares every pair of rows (90 s instead of 0.1 s at 20k customers).
-    # Autovacuum would analyze them too, but up to a minute later: after plan has run.
-    stale = [name for name, live, changed, last in rows if last is None or changed > 50 + 0.1 * live]
-    if stale:
-        # In its own committed transaction: ANALYZE holds its lock until commit, and a shard planning
-        # alongside would otherwise wait for this shard's whole plan to finish.
-        with conn.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as own:
-            own.exec_driver_sql("ANALYZE " + ", ".join(f'"{name}"' for name in sorted(stale)))
-    return stale
 
 
 def _existing(conn: Connection, keys: pd.Series) -> pd.DataFrame:
@@ -224,7 +202,7 @@ def plan_cycle(
 ) -> dict[str, Any]:
     """Plan every playbook of the cycle (for one shard's customers) in priority order; return counts."""
     books = [playbooks] if isinstance(playbooks, Playbook) else list(playbooks)
-    refresh_statistics(conn)
+    refresh_statistics(conn, JOINED_TABLES)
     cancelled = 0 if dry_run else cancel_paid(conn, books, markets, shard)
     targets = Targets(conn, cycle_id, as_of, markets, shard)
     earlier = customers_contacted_on(conn, as_of, markets, shard)

@@ -1,11 +1,11 @@
-"""Plan refreshes the planner statistics of tables loaded in bulk since their last ANALYZE."""
+"""The planner statistics of tables written in bulk since their last ANALYZE are refreshed."""
 
 from __future__ import annotations
 
 import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, Table
 
-from tasks.plan import refresh_statistics
+from tasks.store.statistics import refresh_statistics
 
 
 def _loaded_table(engine: Engine, rows: int) -> Table:
