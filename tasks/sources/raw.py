@@ -17,6 +17,10 @@ class SourceError(Exception):
         self.problem = problem
         super().__init__(f"{source}: {problem}")
 
+    def __reduce__(self) -> tuple[type[SourceError], tuple[str, str]]:
+        # The ingest may run in a child process: the error must cross back with its own arguments.
+        return (SourceError, (self.source, self.problem))
+
 
 @dataclass(frozen=True)
 class RawFrame:

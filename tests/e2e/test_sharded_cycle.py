@@ -19,6 +19,7 @@ from tests.support.postgres import scratch_database
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness", "unwire")]
 
 VARYING = ("seconds", "peak_rss_mb", "shards", "headline")
+INGEST = ("extract", "validate", "load")
 
 
 @contextmanager
@@ -112,3 +113,54 @@ def test_shards_on_a_dask_cluster_do_the_same_work_as_the_whole_cycle(
         assert _rows(split_url, messages) == _rows(whole_url, messages)
         finished = _rows(split_url, "SELECT subject_key FROM audit_log WHERE action = 'shard.finished'")
         assert finished == [("1/3",), ("2/3",), ("3/3",)]
+
+
+def test_a_parent_whose_shards_run_on_a_cluster_ingests_in_a_child_process_under_its_own_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distributed import LocalCluster
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+    from prefect.client.schemas.objects import StateType
+
+    url = f"sqlite:///{tmp_path / 'split.db'}"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        monkeypatch.setenv("RENEWALS_DASK_ADDRESS", cluster.scheduler_address)
+        wire(tmp_path / "split", url, customers=300, seed=3)
+        # With no ingest left in this process, only a child that imports the module afresh can ingest.
+        monkeypatch.setattr("flows.renewal_cycle.ingest", None)
+        state = renewal_cycle(as_of=AS_OF, shards=2, return_state=True)
+    summary = state.result()
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            task_run_filter=TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    ingest = {t.name.split()[0]: t.state_type for t in tasks if t.name.split()[0] in INGEST}
+    assert ingest == dict.fromkeys(INGEST, StateType.COMPLETED)
+    valid = summary["stages"]["validate"]["rows_valid"]["customers"]
+    assert 250 < valid == summary["stages"]["load"]["customers"]["inserted"]
+    assert summary["stages"]["dispatch"]["sent"] > 0
+    assert {"extract", "validate", "load"} <= set(summary["seconds"])
+
+
+def test_a_bad_source_file_stops_a_cycle_that_ingests_apart_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+    from distributed import LocalCluster
+
+    url = f"sqlite:///{tmp_path / 'split.db'}"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        monkeypatch.setenv("RENEWALS_DASK_ADDRESS", cluster.scheduler_address)
+        portfolio = wire(tmp_path / "split", url, customers=200, seed=3)
+        path = portfolio.source_dir / "contracts.csv"
+        pd.read_csv(path, dtype=str).drop(columns=["term_end"]).to_csv(path, index=False)
+        state = renewal_cycle(as_of=AS_OF, shards=2, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"contracts\.csv: missing required column term_end"):
+        state.result()
+    assert not list(portfolio.outbox_dir.glob("*.jsonl"))
+    assert _rows(url, "SELECT status FROM cycles") == [("failed",)]
+    assert _rows(url, "SELECT count(*) FROM messages") == [(0,)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 from pathlib import Path
 
 import pandas as pd
@@ -192,3 +193,10 @@ class TestChunkedReading:
         pd.read_csv(path, dtype=str).drop(columns=["status"]).to_csv(path, index=False)
         with pytest.raises(SourceError, match=r"consents\.csv: missing required column status"):
             check_directory(source_dir)
+
+
+def test_a_source_error_crosses_a_process_boundary_with_its_file_and_problem() -> None:
+    error = SourceError("contracts.csv", "missing required column(s): term_end")
+    back = pickle.loads(pickle.dumps(error))
+    assert isinstance(back, SourceError)
+    assert (back.source, back.problem, str(back)) == (error.source, error.problem, str(error))
