@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, timedelta
 from functools import lru_cache
@@ -31,6 +32,9 @@ from tasks.domain.playbook import Playbook, PlaybookKind
 from tasks.domain.shards import Shard
 from tasks.runtime import get_runtime
 from tasks.store.repository import read_instalment_amounts, read_render_context, set_status, utcnow
+
+# An HTML email body is 10-20 KB: a 125k-customer shard's 20k bodies at once held ~300 MB.
+RENDER_CHUNK = 2_000
 
 
 @lru_cache(maxsize=100_000)
@@ -206,12 +210,11 @@ def render_cycle(
     rows = read_render_context(conn, cycle_id, shard)
     # Reward notices carry their own context (value, expiry, voucher code): tasks.rewards renders them.
     rows = with_instalments(conn, rows.loc[rows["playbook"] != "rewards"].reset_index(drop=True))
-    out: list[dict[str, Any]] = []
     now = utcnow()
     fallback, failures = 0, 0
-    dates = {c: pd.to_datetime(rows[c]).dt.date for c in ("term_end", "anchor_date")}
-    records: list[dict[str, Any]] = rows.assign(**dates).to_dict("records")  # type: ignore[assignment]
-    for row in records:
+
+    def one(row: dict[str, Any]) -> dict[str, Any]:
+        nonlocal fallback, failures
         try:
             ctx = message_context(
                 row,
@@ -239,52 +242,55 @@ def render_cycle(
             variables = whatsapp_variables(whatsapp, row, ctx) if row["channel"] == "whatsapp" else None
         except (TemplateMissing, TemplateError, KeyError, ValueError, LookupError) as exc:
             failures += 1
-            out.append(
-                {
-                    "message_key": row["message_key"],
-                    "status": "render_failed",
-                    "error_code": "RENDER",
-                    "error_detail": f"{type(exc).__name__}: {str(exc)[:300]}",
-                }
-            )
-            continue
+            return {
+                "message_key": row["message_key"],
+                "status": "render_failed",
+                "error_code": "RENDER",
+                "error_detail": f"{type(exc).__name__}: {str(exc)[:300]}",
+            }
         if done.locale.split("-")[0] != str(row["locale"]).split("-")[0]:
             fallback += 1
-        out.append(
-            {
-                "message_key": row["message_key"],
-                "status": "rendered",
-                "locale": done.locale,
-                "subject": done.subject,
-                "body": done.body,
-                "body_html": done.html,
-                "encoding": done.encoding,
-                "segments": done.segments,
-                "template_variables": variables,
-                "rendered_at": now,
-            }
-        )
-    frame = pd.DataFrame(out)
-    ok = frame.loc[frame["status"] == "rendered"] if len(frame) else frame
-    failed = frame.loc[frame["status"] == "render_failed"] if len(frame) else frame
-    set_status(conn, ok.drop(columns=[c for c in ("error_code", "error_detail") if c in ok.columns]), now)
-    set_status(
-        conn, failed[["message_key", "status", "error_code", "error_detail"]] if len(failed) else failed, now
-    )
+        return {
+            "message_key": row["message_key"],
+            "status": "rendered",
+            "locale": done.locale,
+            "subject": done.subject,
+            "body": done.body,
+            "body_html": done.html,
+            "encoding": done.encoding,
+            "segments": done.segments,
+            "template_variables": variables,
+            "rendered_at": now,
+        }
+
+    rendered, segments = 0, 0
+    locales: Counter[str] = Counter()
+    encodings: Counter[str] = Counter()
+    for first in range(0, len(rows), RENDER_CHUNK):
+        chunk = rows.iloc[first : first + RENDER_CHUNK]
+        dates = {c: pd.to_datetime(chunk[c]).dt.date for c in ("term_end", "anchor_date")}
+        records: list[dict[str, Any]] = chunk.assign(**dates).to_dict("records")  # type: ignore[assignment]
+        frame = pd.DataFrame([one(row) for row in records])
+        ok = frame.loc[frame["status"] == "rendered"]
+        failed = frame.loc[frame["status"] == "render_failed"]
+        set_status(conn, ok.drop(columns=[c for c in ("error_code", "error_detail") if c in ok.columns]), now)
+        if len(failed):
+            set_status(conn, failed[["message_key", "status", "error_code", "error_detail"]], now)
+        if len(ok):
+            rendered += len(ok)
+            locales.update(ok["locale"].astype(str))
+            sms = ok.loc[ok["encoding"].notna()]
+            segments += int(sms["segments"].sum())
+            encodings.update(sms["encoding"].astype(str))
     by_channel = rows["channel"].value_counts().sort_index() if len(rows) else pd.Series(dtype="int64")
-    sms = ok.loc[ok["encoding"].notna()] if len(ok) and "encoding" in ok else pd.DataFrame()
     return {
-        "rendered": len(ok),
+        "rendered": rendered,
         "failed": failures,
         "by_channel": {str(k): int(v) for k, v in by_channel.items()},
-        "by_locale": {str(k): int(v) for k, v in ok["locale"].value_counts().sort_index().items()}
-        if len(ok)
-        else {},
+        "by_locale": dict(sorted(locales.items())),
         "language_fallbacks": fallback,
-        "sms_segments": int(sms["segments"].sum()) if len(sms) else 0,
-        "sms_by_encoding": {str(k): int(v) for k, v in sms["encoding"].value_counts().items()}
-        if len(sms)
-        else {},
+        "sms_segments": segments,
+        "sms_by_encoding": dict(encodings.most_common()),
     }
 
 
