@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import Connection, and_, false, or_, select
 
 from tasks.domain.playbook import Playbook
 from tasks.domain.worklist import WorklistConfig
@@ -43,6 +43,44 @@ def _fx(rates: Mapping[str, Any], currency: pd.Series, amount: pd.Series) -> pd.
     # Object first: an Arrow-string column of an empty cycle would map to strings, not rates.
     rate = currency.astype("object").map({k: float(v) for k, v in rates.items()}).astype("float64")
     return (amount.astype("float64") * rate).round(2)
+
+
+def _segments(conn: Connection, cycle_id: int, eur_per_unit: Mapping[str, Any], where: Any) -> pd.DataFrame:
+    """Return the cycle's segment rows that match `where`, with each contract's value in EUR."""
+    sa_, ct = s.segment_assignments, s.contracts
+    # Text as Arrow strings: the high-risk rows of a large portfolio are tens of thousands.
+    frame = read_columns(
+        conn,
+        select(
+            sa_.c.customer_key,
+            sa_.c.contract_key,
+            sa_.c.market,
+            sa_.c.segment,
+            sa_.c.risk_score,
+            sa_.c.risk_band,
+            ct.c.price,
+            ct.c.currency,
+        )
+        .join(ct, ct.c.contract_key == sa_.c.contract_key)
+        .where(sa_.c.cycle_id == cycle_id, where),
+    )
+    frame["value_eur"] = _fx(eur_per_unit, frame["currency"], frame["price"])
+    return frame
+
+
+def _segments_of(
+    conn: Connection, cycle_id: int, eur_per_unit: Mapping[str, Any], column: Any, keys: Any
+) -> pd.DataFrame:
+    """Return the cycle's segment rows whose `column` is one of `keys`, read in chunks of keys."""
+    wanted = pd.Series(keys, dtype="object").dropna().drop_duplicates().tolist()
+    # Reading every segment row of the cycle (1.35M at 1M customers) cost the summary ~600 MB.
+    frames = [
+        _segments(conn, cycle_id, eur_per_unit, column.in_(wanted[start : start + 5000]))
+        for start in range(0, len(wanted), 5000)
+    ]
+    return (
+        pd.concat(frames, ignore_index=True) if frames else _segments(conn, cycle_id, eur_per_unit, false())
+    )
 
 
 def _risk_in_words(conn: Connection, cycle_id: int, contract_keys: list[str]) -> dict[str, str]:
@@ -76,24 +114,7 @@ def build_worklist(
     since: datetime,
 ) -> pd.DataFrame:
     """Return the cycle's escalations, one row per customer and reason, highest value at risk first."""
-    m, sa_, ct, inst, cons = s.messages, s.segment_assignments, s.contracts, s.instalments, s.consents
-    # Every segment row of the cycle (1.35M at 1M customers): text as Arrow strings, not Python objects.
-    segments = read_columns(
-        conn,
-        select(
-            sa_.c.customer_key,
-            sa_.c.contract_key,
-            sa_.c.market,
-            sa_.c.segment,
-            sa_.c.risk_score,
-            sa_.c.risk_band,
-            ct.c.price,
-            ct.c.currency,
-        )
-        .join(ct, ct.c.contract_key == sa_.c.contract_key)
-        .where(sa_.c.cycle_id == cycle_id),
-    )
-    segments["value_eur"] = _fx(eur_per_unit, segments["currency"], segments["price"])
+    m, sa_, inst, cons = s.messages, s.segment_assignments, s.instalments, s.consents
     rows: list[pd.DataFrame] = []
 
     escalating = {(b.id, st.id) for b in playbooks for st in b.steps if st.escalate}
@@ -161,14 +182,15 @@ def build_worklist(
                         + failed["status"]
                         + failed["error_code"].fillna("").map(lambda c: f" ({c})" if c else ""),
                         "value_at_risk_eur": failed["contract_key"].map(
-                            segments.set_index("contract_key")["value_eur"]
+                            _segments_of(
+                                conn, cycle_id, eur_per_unit, sa_.c.contract_key, failed["contract_key"]
+                            ).set_index("contract_key")["value_eur"]
                         ),
                     }
                 )
             )
-    risky = segments.loc[
-        (segments["segment"] == "renewal_due_high_risk") & (segments["value_eur"] >= config.high_value_eur)
-    ]
+    high = _segments(conn, cycle_id, eur_per_unit, sa_.c.segment == "renewal_due_high_risk")
+    risky = high.loc[high["value_eur"] >= config.high_value_eur]
     if not risky.empty:
         rows.append(
             pd.DataFrame(
@@ -192,7 +214,11 @@ def build_worklist(
         ),
     ).drop_duplicates(["customer_key", "channel"])
     if not stops.empty:
-        best = segments.sort_values("value_eur", ascending=False).drop_duplicates("customer_key")
+        theirs = _segments_of(conn, cycle_id, eur_per_unit, sa_.c.customer_key, stops["customer_key"])
+        # Contract key breaks a tie in value, so the same contract is named whatever order rows come in.
+        best = theirs.sort_values(["value_eur", "contract_key"], ascending=[False, True]).drop_duplicates(
+            "customer_key"
+        )
         by_customer = best.set_index("customer_key")
         rows.append(
             pd.DataFrame(
@@ -209,7 +235,8 @@ def build_worklist(
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS})
     out = pd.concat(rows, ignore_index=True)
-    risk = segments.drop_duplicates("contract_key").set_index("contract_key")
+    escalated = out["contract_key"].dropna().unique()
+    risk = _segments_of(conn, cycle_id, eur_per_unit, sa_.c.contract_key, escalated).set_index("contract_key")
     out["risk_score"] = out["contract_key"].map(risk["risk_score"])
     out["risk_band"] = out["contract_key"].map(risk["risk_band"])
     words = _risk_in_words(conn, cycle_id, out["contract_key"].dropna().unique().tolist())

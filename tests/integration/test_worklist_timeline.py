@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert, literal, select
 
 from config.loader import load_playbook, load_worklist
+from tasks.store import schema as s
 from tasks.timeline import customer_timeline
 from tasks.worklist import build_worklist, export_csv, filter_worklist
 from tests.fakes.senders import FakeSender
@@ -84,6 +85,57 @@ def test_worklist_escalates_late_payers_risky_renewals_and_unreachable_customers
     assert "sms failed (21614)" in rows.set_index("customer_key").loc["NOREACH", "detail"]
     assert rows.set_index("customer_key").loc["RISKY", "risk_in_words"].startswith("Renewal risk")
     assert filter_worklist(rows, "FR", None).empty
+
+
+def test_a_stop_reply_is_escalated_on_the_customers_most_valuable_contract(engine: Engine) -> None:
+    _served(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(s.contracts).from_select(
+                [c.name for c in s.contracts.c],
+                select(
+                    *(
+                        literal("KLATE-2").label(c.name)
+                        if c.name == "contract_key"
+                        else literal(100).label(c.name)
+                        if c.name == "price"
+                        else c
+                        for c in s.contracts.c
+                    )
+                ).where(s.contracts.c.contract_key == "KLATE"),
+            )
+        )
+        conn.execute(
+            insert(s.segment_assignments).from_select(
+                [c.name for c in s.segment_assignments.c if c.name != "shard_hash"],
+                select(
+                    *(
+                        literal("KLATE-2").label(c.name) if c.name == "contract_key" else c
+                        for c in s.segment_assignments.c
+                        if c.name != "shard_hash"
+                    )
+                ).where(s.segment_assignments.c.contract_key == "KLATE"),
+            )
+        )
+        conn.execute(
+            insert(s.consents).values(
+                customer_key="LATE",
+                channel="sms",
+                purpose="marketing",
+                controller="bank",
+                status="withdrawn",
+                lawful_basis="consent",
+                captured_at=NOON - timedelta(days=1),
+                origin="sms_reply",
+                row_hash="stop",
+                recorded_at=NOON - timedelta(hours=1),
+            )
+        )
+    rows = _worklist(engine)
+    stop = rows.loc[rows["reason"] == "replied STOP"].set_index("customer_key").loc["LATE"]
+    assert stop["contract_key"] == "KLATE" and stop["detail"] == "opted out of sms"
+    late = rows.loc[rows["reason"] == "late payment"].set_index("customer_key").loc["LATE"]
+    assert stop["risk_band"] == late["risk_band"] and stop["value_at_risk_eur"] > 100
 
 
 def test_worklist_of_a_cycle_without_segment_rows_is_empty(engine: Engine) -> None:
