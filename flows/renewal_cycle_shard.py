@@ -9,7 +9,7 @@ from prefect import flow, task
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
-from flows.stages import peak_rss_mb, run_customer_stages
+from flows.stages import peak_rss_mb, release_memory, run_customer_stages
 from tasks._prefect import STEP, protect_run
 from tasks.domain.shards import Shard
 from tasks.runtime import get_runtime
@@ -92,6 +92,8 @@ def renewal_cycle_shard(
 def shard_task(params: dict[str, Any]) -> None:
     """Run one shard as a task, on whatever task runner the calling flow has (Dask for a cluster)."""
     run_shard(**params)
+    # A Dask worker outlives its shard and waits beside the parent's summary on the same machine.
+    release_memory()
 
 
 @flow(name="renewal-cycle-shards-on-dask", retries=0)
