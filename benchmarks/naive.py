@@ -238,12 +238,7 @@ def render_message(row: dict[str, Any], decision: dict[str, Any], as_of: date) -
     done = rt.renderer.render(row["channel"], row["template"], row["locale"], ctx, offer=offer, label=label)
     variables = whatsapp_variables(rt.whatsapp_registry, row, ctx) if row["channel"] == "whatsapp" else None
     return {
-        "locale": done.locale,
-        "subject": done.subject,
-        "body": done.body,
-        "body_html": done.html,
-        "encoding": done.encoding,
-        "segments": done.segments,
+        **done.columns(),
         "template_variables": variables,
         "offer_removed": bool(row["offer_removed"]),
     }

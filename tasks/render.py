@@ -253,12 +253,7 @@ def render_cycle(
         return {
             "message_key": row["message_key"],
             "status": "rendered",
-            "locale": done.locale,
-            "subject": done.subject,
-            "body": done.body,
-            "body_html": done.html,
-            "encoding": done.encoding,
-            "segments": done.segments,
+            **done.columns(),
             "template_variables": variables,
             "rendered_at": now,
         }

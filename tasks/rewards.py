@@ -1097,12 +1097,7 @@ def render_notifications(
                 "message_key": row["message_key"],
                 "cycle_id": cycle_id,
                 "status": "rendered",
-                "locale": done.locale,
-                "subject": done.subject,
-                "body": done.body,
-                "body_html": done.html,
-                "encoding": done.encoding,
-                "segments": done.segments,
+                **done.columns(),
                 "rendered_at": now,
             }
         )

@@ -49,6 +49,17 @@ class Rendered:
     encoding: str | None = None
     segments: int | None = None
 
+    def columns(self) -> dict[str, Any]:
+        """Return the message columns this rendering fills (the store's names)."""
+        return {
+            "locale": self.locale,
+            "subject": self.subject,
+            "body": self.body,
+            "body_html": self.html,
+            "encoding": self.encoding,
+            "segments": self.segments,
+        }
+
 
 @lru_cache(maxsize=256)
 def babel_locale(tag: str) -> Locale:

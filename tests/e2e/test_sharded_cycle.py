@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 
 from flows.renewal_cycle import renewal_cycle
 from tasks.domain.shards import shard_of
-from tests.e2e.conftest import AS_OF, wire
+from tests.e2e.conftest import AS_OF, Portfolio, wire
 from tests.support.postgres import scratch_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness", "unwire")]
@@ -115,18 +115,24 @@ def test_shards_on_a_dask_cluster_do_the_same_work_as_the_whole_cycle(
         assert finished == [("1/3",), ("2/3",), ("3/3",)]
 
 
+@contextmanager
+def _on_a_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, customers: int) -> Iterator[Portfolio]:
+    """Wire a SQLite store whose cycles run their shards on a one-worker local Dask cluster."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        monkeypatch.setenv("RENEWALS_DASK_ADDRESS", cluster.scheduler_address)
+        yield wire(tmp_path / "split", f"sqlite:///{tmp_path / 'split.db'}", customers=customers, seed=3)
+
+
 def test_a_parent_whose_shards_run_on_a_cluster_ingests_in_a_child_process_under_its_own_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from distributed import LocalCluster
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
     from prefect.client.schemas.objects import StateType
 
-    url = f"sqlite:///{tmp_path / 'split.db'}"
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        monkeypatch.setenv("RENEWALS_DASK_ADDRESS", cluster.scheduler_address)
-        wire(tmp_path / "split", url, customers=300, seed=3)
+    with _on_a_cluster(tmp_path, monkeypatch, customers=300):
         # With no ingest left in this process, only a child that imports the module afresh can ingest.
         monkeypatch.setattr("flows.renewal_cycle.ingest", None)
         state = renewal_cycle(as_of=AS_OF, shards=2, return_state=True)
@@ -149,12 +155,8 @@ def test_a_bad_source_file_stops_a_cycle_that_ingests_apart_naming_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pandas as pd
-    from distributed import LocalCluster
 
-    url = f"sqlite:///{tmp_path / 'split.db'}"
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        monkeypatch.setenv("RENEWALS_DASK_ADDRESS", cluster.scheduler_address)
-        portfolio = wire(tmp_path / "split", url, customers=200, seed=3)
+    with _on_a_cluster(tmp_path, monkeypatch, customers=200) as portfolio:
         path = portfolio.source_dir / "contracts.csv"
         pd.read_csv(path, dtype=str).drop(columns=["term_end"]).to_csv(path, index=False)
         state = renewal_cycle(as_of=AS_OF, shards=2, return_state=True)
@@ -162,5 +164,5 @@ def test_a_bad_source_file_stops_a_cycle_that_ingests_apart_naming_the_file(
     with pytest.raises(Exception, match=r"contracts\.csv: missing required column term_end"):
         state.result()
     assert not list(portfolio.outbox_dir.glob("*.jsonl"))
-    assert _rows(url, "SELECT status FROM cycles") == [("failed",)]
-    assert _rows(url, "SELECT count(*) FROM messages") == [(0,)]
+    assert _rows(portfolio.database_url, "SELECT status FROM cycles") == [("failed",)]
+    assert _rows(portfolio.database_url, "SELECT count(*) FROM messages") == [(0,)]
