@@ -15,7 +15,7 @@ from prefect.runtime import flow_run
 from sqlalchemy import select
 
 from flows.renewal_cycle_shard import SHARD_FINISHED, renewal_cycle_shard, shards_on_task_runner
-from flows.stages import CUSTOMER_STAGES, named, peak_rss_mb, release_memory, run_customer_stages, timed
+from flows.stages import CUSTOMER_STAGES, named, peak_rss_mb, run_customer_stages, timed
 from tasks._prefect import protect_run
 from tasks.cycle import fail_cycle, open_cycle, summarise
 from tasks.domain.shards import Shard, merge_stats, shards
@@ -253,8 +253,6 @@ def renewal_cycle(
         if shards == 1:
             run_customer_stages(cycle_id, day, codes, books, dry_run, label, None, (stages, seconds, rss))
         else:
-            # Shards in turn here start from what the ingest freed (100k: 691 -> 599 MiB).
-            release_memory()
             with timed(seconds, "shards", rss):
                 parts = run_shards(cycle_id, day, codes, books, dry_run, shards)
             merge_shards(parts, (stages, seconds, rss))

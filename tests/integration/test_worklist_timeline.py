@@ -10,6 +10,7 @@ from sqlalchemy import Engine, insert, literal, select
 from config.loader import load_playbook, load_worklist
 from tasks.store import schema as s
 from tasks.timeline import customer_timeline
+from tasks.tracking import CONSENT_PURPOSES, record_consent_change
 from tasks.worklist import build_worklist, export_csv, filter_worklist
 from tests.fakes.senders import FakeSender
 from tests.support.factories import ROOT, raw_set
@@ -117,19 +118,15 @@ def test_a_stop_reply_is_escalated_on_the_customers_most_valuable_contract(engin
                 ).where(s.segment_assignments.c.contract_key == "KLATE"),
             )
         )
-        conn.execute(
-            insert(s.consents).values(
-                customer_key="LATE",
-                channel="sms",
-                purpose="marketing",
-                controller="bank",
-                status="withdrawn",
-                lawful_basis="consent",
-                captured_at=NOON - timedelta(days=1),
-                origin="sms_reply",
-                row_hash="stop",
-                recorded_at=NOON - timedelta(hours=1),
-            )
+        record_consent_change(
+            conn,
+            "LATE",
+            "sms",
+            CONSENT_PURPOSES,
+            "withdrawn",
+            origin="sms_reply",
+            method="STOP",
+            now=NOON - timedelta(hours=1),
         )
     rows = _worklist(engine)
     stop = rows.loc[rows["reason"] == "replied STOP"].set_index("customer_key").loc["LATE"]
