@@ -20,7 +20,7 @@ from tasks._prefect import protect_run
 from tasks.cycle import fail_cycle, open_cycle, summarise
 from tasks.domain.shards import Shard, merge_stats, shards
 from tasks.extract import discard_staging, extract
-from tasks.load import load
+from tasks.load import load, load_beside
 from tasks.runtime import get_runtime
 from tasks.store import schema as s
 from tasks.store.bulk import read_frame
@@ -73,15 +73,20 @@ def shard_parameters(
 
 
 def ingest(cycle_id: int, label: str, out: tuple[dict[str, Any], dict[str, float], dict[str, float]]) -> None:
-    """Extract, validate and load the cycle's sources; stats, seconds and peak RSS go into `out`."""
+    """Extract, validate and load the cycle's sources; stats, seconds and peak RSS go into `out`.
+
+    The load writes each entity while validate checks the next, in one transaction committed after
+    the last; its seconds are what it took after validate had finished.
+    """
     stages, seconds, rss = out
     with timed(seconds, "extract", rss):
         raws = named(extract, label)(cycle_id)
-    with timed(seconds, "validate", rss):
-        validated = named(validate, label)(raws)
-    stages["validate"] = validation_stats(validated)
-    with timed(seconds, "load", rss):
-        stages["load"] = named(load, label)(validated, cycle_id)
+    with load_beside(lambda handoff: named(load, label)(handoff, cycle_id)) as (handoff, loading):
+        with timed(seconds, "validate", rss):
+            validated = named(validate, label)(raws, handoff)
+        stages["validate"] = validation_stats(validated)
+        with timed(seconds, "load", rss):
+            stages["load"] = loading.result()
 
 
 def ingest_under(

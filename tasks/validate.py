@@ -5,24 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import get_run_logger, task
 
 from tasks._prefect import STEP
+from tasks.domain.contract import Entity
 from tasks.runtime import get_runtime
 from tasks.sources.staging import StagedSource, discard_raw
-from tasks.sources.validation import StagedValidation, ValidationResult, validate_staged
+from tasks.sources.validation import Handoff, StagedValidation, ValidationResult, validate_staged
 from tasks.store.repository import known_keys
 
 
 @task(name="validate", **STEP)
-def validate(staged: StagedSource) -> StagedValidation:
-    """Validate every entity chunk by chunk; children of quarantined parents are quarantined too."""
+def validate(staged: StagedSource, handoff: Handoff | None = None) -> StagedValidation:
+    """Validate every entity chunk by chunk into `handoff`; children of quarantined parents go too."""
     rt = get_runtime()
     out = Path(staged.directory) / "validated"
-    with rt.engine.connect() as conn:
-        result = validate_staged(
-            staged.entities, rt.markets, out, known_keys=lambda entity: known_keys(conn, entity)
-        )
+
+    def known(entity: Entity) -> pd.Index:
+        # A connection of its own that ends at once: an open read would hold the load's DDL back.
+        with rt.engine.connect() as conn:
+            return known_keys(conn, entity)
+
+    result = validate_staged(staged.entities, rt.markets, out, known_keys=known, handoff=handoff)
     # The raw chunks are not needed any more; the validated ones wait for the load.
     discard_raw(staged)
     get_run_logger().info(

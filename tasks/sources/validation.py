@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import zoneinfo
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from tasks.domain.markets import Market
 from tasks.domain.messaging import normalise_locale
 from tasks.sources.overlap import BackgroundWrites, prefetch
 from tasks.sources.phones import normalise_phones
-from tasks.sources.raw import RawFrame
+from tasks.sources.raw import RawFrame, SourceError
 from tasks.sources.staging import (
     LINE,
     StagedEntity,
@@ -557,6 +558,72 @@ class StagedValidation:
     problems_by_reason: dict[str, int]
 
 
+class Handoff:
+    """Validated entities handed to a load as each is finished, so it writes one while the next is checked.
+
+    Replayable: a retried load goes through the entities from the first again (their chunks stay on
+    disk until the load has committed).
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._entities: list[tuple[Entity, tuple[str, ...]]] = []
+        self._result: StagedValidation | None = None
+        self._failed = False
+
+    @classmethod
+    def of(cls, result: StagedValidation) -> Handoff:
+        """Return a handoff that already holds every entity of a finished validation."""
+        done = cls()
+        for entity in ENTITY_ORDER:
+            if entity in result.clean:
+                done.put(entity, result.clean[entity])
+        done.finish(result)
+        return done
+
+    def put(self, entity: Entity, paths: tuple[str, ...]) -> None:
+        """Hand over one entity whose clean chunks are written and final."""
+        with self._changed:
+            self._entities.append((entity, paths))
+            self._changed.notify_all()
+
+    def finish(self, result: StagedValidation) -> None:
+        """Say that every entity is handed over; `result` holds the quarantines and the counts."""
+        with self._changed:
+            self._result = result
+            self._changed.notify_all()
+
+    def fail(self) -> None:
+        """Say that validation stopped: the load must write nothing."""
+        with self._changed:
+            self._failed = True
+            self._changed.notify_all()
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: ready() or self._failed)
+            if self._failed:
+                raise SourceError("validate", "stopped before every entity was validated; nothing was loaded")
+
+    def entities(self) -> Iterator[tuple[Entity, tuple[str, ...]]]:
+        """Yield each entity and its clean chunks in dependency order, waiting for each to be validated."""
+        handed = 0
+        while (item := self._next(handed)) is not None:
+            handed += 1
+            yield item
+
+    def _next(self, handed: int) -> tuple[Entity, tuple[str, ...]] | None:
+        self._wait(lambda: handed < len(self._entities) or self._result is not None)
+        with self._changed:
+            return self._entities[handed] if handed < len(self._entities) else None
+
+    def result(self) -> StagedValidation:
+        """Return the finished validation, waiting for it."""
+        self._wait(lambda: self._result is not None)
+        assert self._result is not None
+        return self._result
+
+
 def _sorted_quarantine(parts: list[pd.DataFrame]) -> pd.DataFrame:
     """Return an entity's quarantine in the order validating it whole gives: by line, then field."""
     non_empty = [q for q in parts if not q.empty]
@@ -597,8 +664,15 @@ class _ParentKeys:
     1M customers.
     """
 
-    def __init__(self, known_keys: Callable[[Entity], pd.Index] | None) -> None:
-        self.known_keys = known_keys
+    def __init__(self, known_keys: Callable[[Entity], pd.Index] | None, entities: Iterable[Entity]) -> None:
+        # Read before any entity is handed to a load running beside: its first write into an empty
+        # table drops the indexes in its transaction, and a read after that would wait for its commit.
+        wanted = {spec.parent[0] for e in entities if (spec := CONTRACT[e]).parent is not None}
+        self.known: dict[Entity, pa.Array] = {
+            parent: pa.array(known_keys(parent).to_numpy(dtype=object), type=pa.string(), from_pandas=True)
+            for parent in sorted(wanted)
+            if known_keys is not None
+        }
         self.clean: dict[Entity, list[pa.Array]] = {}
         self.ready: dict[Entity, pa.Array] = {}
 
@@ -616,9 +690,8 @@ class _ParentKeys:
         parent = spec.parent[0]
         if parent not in self.ready:
             parts = self.clean.pop(parent, [])
-            if self.known_keys is not None:
-                known = self.known_keys(parent).to_numpy(dtype=object)
-                parts.append(pa.array(known, type=pa.string(), from_pandas=True))
+            if parent in self.known:
+                parts.append(self.known.pop(parent))
             keys = pa.concat_arrays(parts) if parts else pa.array([], type=pa.string())
             self.ready[parent] = pc.unique(keys)
         return self.ready[parent]
@@ -722,6 +795,7 @@ def validate_staged(
     markets: Mapping[str, Market],
     out: Path,
     known_keys: Callable[[Entity], pd.Index] | None = None,
+    handoff: Handoff | None = None,
 ) -> StagedValidation:
     """Validate every entity chunk by chunk, writing clean chunks and quarantines under `out`.
 
@@ -729,9 +803,27 @@ def validate_staged(
     finds the keys that occur more than once; rows with such a key are held back until the entity's
     last chunk and then checked together, so duplicates anywhere in a file are caught exactly as
     when the file is validated whole; every other rule looks at one row at a time. Quarantines come out
-    in the same order and the counts are the same as `validate_all` gives.
+    in the same order and the counts are the same as `validate_all` gives. Each finished entity is
+    put into `handoff`, when given, for a load running beside.
     """
-    parents = _ParentKeys(known_keys)
+    handoff = handoff or Handoff()
+    try:
+        result = _validate_staged(staged, markets, out, known_keys, handoff)
+    except BaseException:
+        handoff.fail()
+        raise
+    handoff.finish(result)
+    return result
+
+
+def _validate_staged(
+    staged: Sequence[StagedEntity],
+    markets: Mapping[str, Market],
+    out: Path,
+    known_keys: Callable[[Entity], pd.Index] | None,
+    handoff: Handoff,
+) -> StagedValidation:
+    parents = _ParentKeys(known_keys, [e.entity for e in staged])
     clean_paths: dict[Entity, tuple[str, ...]] = {}
     quarantine_paths: dict[Entity, str] = {}
     rows_read: dict[Entity, int] = {}
@@ -749,6 +841,7 @@ def validate_staged(
             quarantined_rows[entity.value] = int(quarantine.drop_duplicates(["source", "line"]).shape[0])
             for reason, count in quarantine.groupby("reason").size().items():
                 reasons[str(reason)] = reasons.get(str(reason), 0) + int(count)
+        handoff.put(entity, clean_paths[entity])
     return StagedValidation(
         str(out),
         clean_paths,

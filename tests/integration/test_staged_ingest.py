@@ -4,6 +4,7 @@ whatever the chunk size, on SQLite and PostgreSQL, and stops on a bad file befor
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -12,19 +13,19 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, inspect, select, text
 
 from config.settings import Settings
 from tasks.domain.contract import ENTITY_ORDER, Entity
 from tasks.extract import stage_sources
-from tasks.load import load_staged, load_validated
+from tasks.load import load_beside, load_staged, load_validated
 from tasks.sources import validation
 from tasks.sources.demo_data import generate_portfolio, write_portfolio
 from tasks.sources.files import read_directory
 from tasks.sources.raw import SourceError
 from tasks.sources.sql import load_mapping, read_sql_source
 from tasks.sources.staging import staging_dir
-from tasks.sources.validation import StagedValidation, validate_all, validate_staged
+from tasks.sources.validation import Handoff, StagedValidation, validate_all, validate_staged
 from tasks.store import schema as s
 from tasks.store.bulk import read_frame
 from tasks.store.engine import make_engine
@@ -74,12 +75,21 @@ def _settings(source: Path, home: Path, chunk_rows: int) -> Settings:
 def _ingest(engine: Engine, source: Path, home: Path, chunk_rows: int, cycle_id: int = 1) -> dict[str, Any]:
     """Run extract, validate and load the way the cycle's tasks do; return the stage counts."""
     staged = stage_sources(_settings(source, home, chunk_rows), staging_dir(home, cycle_id))
-    with engine.connect() as conn:
+
+    def known(entity: Entity) -> pd.Index:
+        with engine.connect() as conn:
+            return known_keys(conn, entity)
+
+    def write(handoff: Handoff) -> dict[str, Any]:
+        with engine.begin() as conn:
+            return load_staged(conn, handoff, cycle_id, "bank", HASH_KEY)
+
+    # The load writes each entity while the next is validated, as in the cycle.
+    with load_beside(write) as (handoff, loading):
         result = validate_staged(
-            staged.entities, MARKETS, Path(staged.directory) / "validated", lambda e: known_keys(conn, e)
+            staged.entities, MARKETS, Path(staged.directory) / "validated", known, handoff
         )
-    with engine.begin() as conn:
-        loaded = load_staged(conn, result, cycle_id, "bank", HASH_KEY)
+        loaded = loading.result()
     return {"validate": validation_stats(result), "load": loaded, "result": result}
 
 
@@ -217,6 +227,49 @@ def test_unreadable_row_late_in_a_file_stops_before_anything_is_loaded(portfolio
     with pytest.raises(SourceError, match=r"instalments\.csv: not UTF-8 text \(line \d+"):
         stage_sources(_settings(portfolio, home, 7), staging_dir(home, 1))
     assert not staging_dir(home, 1).exists()
+
+
+def _wait_for_the_load_to_write(engine: Engine, table: str) -> None:
+    """Return once another session holds `table` for writing (a first load drops its key, builds it after)."""
+    held = text(
+        "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = :t "
+        "AND l.mode = 'AccessExclusiveLock' AND l.granted AND l.pid <> pg_backend_pid()"
+    )
+    deadline = time.monotonic() + 60
+    with engine.connect() as conn:
+        while conn.execute(held, {"t": table}).first() is None:
+            assert time.monotonic() < deadline, f"the load never started writing {table}"
+            conn.rollback()
+            time.sleep(0.05)
+
+
+@pytest.mark.postgres
+def test_the_load_writes_customers_while_validation_goes_on_and_keeps_nothing_when_it_then_stops(
+    pg_admin_dsn: str, portfolio: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    staged = stage_sources(_settings(portfolio, home, 50), staging_dir(home, 1))
+    validated = validate_staged(staged.entities, MARKETS, Path(staged.directory) / "validated")
+    with scratch_database(pg_admin_dsn) as url:
+        engine = make_engine(url)
+        upgrade(engine)
+
+        def write(handoff: Handoff) -> dict[str, Any]:
+            with engine.begin() as conn:
+                return load_staged(conn, handoff, 1, "bank", HASH_KEY)
+
+        with (
+            pytest.raises(RuntimeError, match="contracts.csv unusable"),
+            load_beside(write) as (handoff, loading),
+        ):
+            handoff.put(Entity.CUSTOMERS, validated.clean[Entity.CUSTOMERS])
+            _wait_for_the_load_to_write(engine, "customers")
+            raise RuntimeError("contracts.csv unusable")
+        with pytest.raises(SourceError, match="nothing was loaded"):
+            loading.result()
+        assert all(frame.empty for frame in _snapshot(engine).values())
+        assert inspect(engine).get_pk_constraint("customers")["constrained_columns"] == ["customer_key"]
+        engine.dispose()
 
 
 def test_rerun_of_the_same_source_changes_nothing(stores: Stores, portfolio: Path, tmp_path: Path) -> None:
