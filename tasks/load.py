@@ -18,7 +18,7 @@ from tasks.domain.contract import ENTITY_ORDER, Entity
 from tasks.dsr import suppressed_addresses
 from tasks.runtime import get_runtime
 from tasks.sources.staging import discard, read_clean, read_clean_arrow, read_quarantine
-from tasks.sources.validation import Handoff, StagedValidation, ValidationResult
+from tasks.sources.validation import EntityChunks, Handoff, StagedValidation, ValidationResult
 from tasks.store.bulk import SyncStats
 from tasks.store.ingest import (
     ConsentAppend,
@@ -81,16 +81,19 @@ def load_staged(
 
     Keys are unique across an entity's chunks (validation quarantined repeats), so syncing chunk by
     chunk gives the same rows and counts; consents are compared with the store as it was before.
-    From a handoff each entity is written as soon as it is validated; nothing is committed before
-    the validation has finished.
+    From a handoff, contracts, instalments and activity are written chunk by chunk as validate writes
+    them; nothing is committed before the validation has finished.
     """
     handoff = validated if isinstance(validated, Handoff) else Handoff.of(validated)
     now = utcnow()
     # The type pandas gives `now` in a column, so both readers write the same text.
     loaded_at = pa.scalar(now, pa.timestamp("us", "UTC"))
     stats: dict[str, Any] = {}
-    for entity, paths in handoff.entities():
+    for chunks in handoff.entities():
+        entity = chunks.entity
         if entity is Entity.CUSTOMERS:
+            # Every customer chunk first: the suppressed addresses are counted over all of them.
+            paths = chunks.all()
             # EU-07: an address suppressed after an erasure must not come back with a CRM re-import.
             stats["suppressed_addresses_dropped"] = sum(
                 _dropped(f, suppressed_addresses(conn, f, hash_key))
@@ -104,20 +107,21 @@ def load_staged(
             sync = sync_customer_chunks(conn, len(paths), customers)
         elif entity is Entity.CONSENTS:
             append = ConsentAppend(conn, now)
-            for path in paths:
+            for path in chunks.all():
                 append.add(consent_rows(read_clean(path), controller))
             sync = append.finish()
         else:
 
-            def rows(i: int, columns: list[str] | None, paths: tuple[str, ...] = paths) -> pd.DataFrame:
-                frame = read_clean(paths[i], columns=columns)
+            def rows(i: int, columns: list[str] | None, chunks: EntityChunks = chunks) -> pd.DataFrame:
+                frame = read_clean(chunks[i], columns=columns)
                 return frame if columns else frame.assign(loaded_at=now)
 
-            def arrow_rows(i: int, paths: tuple[str, ...] = paths) -> pa.Table:
-                data = read_clean_arrow(paths[i])
+            def arrow_rows(i: int, chunks: EntityChunks = chunks) -> pa.Table:
+                data = read_clean_arrow(chunks[i])
                 return data.append_column("loaded_at", pa.repeat(loaded_at, data.num_rows))
 
-            sync = sync_entity_chunks(conn, entity, len(paths), rows, arrow_rows)
+            # Chunk by chunk as validate writes them.
+            sync = sync_entity_chunks(conn, entity, chunks.indices(), rows, arrow_rows)
         stats[entity.value] = _counts(sync)
     result = handoff.result()
     stats["quarantine_entries"] = sum(

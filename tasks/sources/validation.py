@@ -8,7 +8,7 @@ import zoneinfo
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -558,16 +558,56 @@ class StagedValidation:
     problems_by_reason: dict[str, int]
 
 
+class EntityChunks:
+    """One entity's validated chunks, handed over one by one as each is written and final."""
+
+    def __init__(self, handoff: Handoff, entity: Entity) -> None:
+        self.handoff = handoff
+        self.entity = entity
+        self._paths: list[str] = []
+        self._closed = False
+
+    def add(self, path: str) -> None:
+        """Hand over one more chunk; it will not be written again."""
+        with self.handoff.changed:
+            self._paths.append(path)
+            self.handoff.changed.notify_all()
+
+    def close(self, paths: Sequence[str]) -> None:
+        """Say that the entity is validated; `paths` are all its chunks, those handed over first."""
+        with self.handoff.changed:
+            self._paths, self._closed = list(paths), True
+            self.handoff.changed.notify_all()
+
+    def indices(self) -> Iterator[int]:
+        """Yield each chunk's position as it is handed over, until the entity is validated."""
+        i = 0
+        while self.handoff.wait(partial(self._beyond, i)) and i < len(self._paths):
+            yield i
+            i += 1
+
+    def _beyond(self, i: int) -> bool:
+        return i < len(self._paths) or self._closed
+
+    def __getitem__(self, i: int) -> str:
+        return self._paths[i]
+
+    def all(self) -> tuple[str, ...]:
+        """Return every chunk's path once the entity is validated."""
+        self.handoff.wait(lambda: self._closed)
+        return tuple(self._paths)
+
+
 class Handoff:
-    """Validated entities handed to a load as each is finished, so it writes one while the next is checked.
+    """Validated chunks handed to a load as each is written, so the load works while validation goes on.
 
     Replayable: a retried load goes through the entities from the first again (their chunks stay on
     disk until the load has committed).
     """
 
     def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._entities: list[tuple[Entity, tuple[str, ...]]] = []
+        self.changed = threading.Condition()
+        self._entities: list[EntityChunks] = []
         self._result: StagedValidation | None = None
         self._failed = False
 
@@ -577,49 +617,51 @@ class Handoff:
         done = cls()
         for entity in ENTITY_ORDER:
             if entity in result.clean:
-                done.put(entity, result.clean[entity])
+                done.start(entity).close(result.clean[entity])
         done.finish(result)
         return done
 
-    def put(self, entity: Entity, paths: tuple[str, ...]) -> None:
-        """Hand over one entity whose clean chunks are written and final."""
-        with self._changed:
-            self._entities.append((entity, paths))
-            self._changed.notify_all()
+    def start(self, entity: Entity) -> EntityChunks:
+        """Begin handing over an entity's chunks."""
+        chunks = EntityChunks(self, entity)
+        with self.changed:
+            self._entities.append(chunks)
+            self.changed.notify_all()
+        return chunks
 
     def finish(self, result: StagedValidation) -> None:
-        """Say that every entity is handed over; `result` holds the quarantines and the counts."""
-        with self._changed:
+        """Say that every entity is validated; `result` holds the quarantines and the counts."""
+        with self.changed:
             self._result = result
-            self._changed.notify_all()
+            self.changed.notify_all()
 
     def fail(self) -> None:
         """Say that validation stopped: the load must write nothing."""
-        with self._changed:
+        with self.changed:
             self._failed = True
-            self._changed.notify_all()
+            self.changed.notify_all()
 
-    def _wait(self, ready: Callable[[], bool]) -> None:
-        with self._changed:
-            self._changed.wait_for(lambda: ready() or self._failed)
+    def wait(self, ready: Callable[[], bool]) -> bool:
+        """Wait until `ready()` holds; raise if validation stopped meanwhile."""
+        with self.changed:
+            self.changed.wait_for(lambda: ready() or self._failed)
             if self._failed:
                 raise SourceError("validate", "stopped before every entity was validated; nothing was loaded")
+            return True
 
-    def entities(self) -> Iterator[tuple[Entity, tuple[str, ...]]]:
-        """Yield each entity and its clean chunks in dependency order, waiting for each to be validated."""
-        handed = 0
-        while (item := self._next(handed)) is not None:
-            handed += 1
-            yield item
+    def entities(self) -> Iterator[EntityChunks]:
+        """Yield each entity's chunks in dependency order, as soon as its validation begins."""
+        i = 0
+        while self.wait(partial(self._beyond, i)) and i < len(self._entities):
+            yield self._entities[i]
+            i += 1
 
-    def _next(self, handed: int) -> tuple[Entity, tuple[str, ...]] | None:
-        self._wait(lambda: handed < len(self._entities) or self._result is not None)
-        with self._changed:
-            return self._entities[handed] if handed < len(self._entities) else None
+    def _beyond(self, i: int) -> bool:
+        return i < len(self._entities) or self._result is not None
 
     def result(self) -> StagedValidation:
         """Return the finished validation, waiting for it."""
-        self._wait(lambda: self._result is not None)
+        self.wait(lambda: self._result is not None)
         assert self._result is not None
         return self._result
 
@@ -703,12 +745,18 @@ _PARENTS = {spec.parent[0] for spec in CONTRACT.values() if spec.parent is not N
 class _EntityRun:
     """One entity validated chunk by chunk, rows with a repeated key held back to its end.
 
-    Valid rows are staged with their line numbers so the held-back ones can be put back in file
-    order: consent ids (which break ties between records) then follow the file as they always did.
+    Each chunk is handed over once written. Held-back rows that are valid follow as a last chunk of
+    their own, except consents: there they are put back in file order into the chunks (handed over
+    together at the end), so consent ids, which break ties between records, follow the file.
     """
 
     def __init__(
-        self, entity: Entity, markets: Mapping[str, Market], parents: _ParentKeys, out: Path
+        self,
+        entity: Entity,
+        markets: Mapping[str, Market],
+        parents: _ParentKeys,
+        out: Path,
+        chunks: EntityChunks,
     ) -> None:
         if any(c.kind is Kind.PHONE for c in CONTRACT[entity].columns) and entity is not Entity.CUSTOMERS:
             # validate_all would take the phone region from the customer; no child entity has a phone.
@@ -718,11 +766,14 @@ class _EntityRun:
         self.parents = parents
         self.parent_keys = parents.of(entity)
         self.out = out
+        self.chunks = chunks
+        self.in_file_order = entity is Entity.CONSENTS
         self.paths: list[str] = []
         self.first_lines: list[int] = []
         self.problems: list[pd.DataFrame] = []
         self.read = 0
         self.valid = 0
+        self.handed = 0
 
     def validate(self, chunks: Iterable[RawFrame], repeated: pd.Index) -> None:
         """Validate every chunk; rows whose key is in `repeated` are checked together at the end."""
@@ -749,14 +800,27 @@ class _EntityRun:
                 if len(clean):
                     self.paths.append(write_clean(self.out, self.entity, len(self.paths), clean, writes))
                     self.first_lines.append(int(clean[LINE].iloc[0]))
-        # Held-back rows are merged into chunks read back from disk.
+                    # Writes go one at a time: the chunk before this one is on disk now.
+                    self._hand_over(len(self.paths) - 1)
         writes.wait()
+        self._hand_over(len(self.paths))
         if held:
             frame = pd.concat([h.frame for h in held], ignore_index=True)
             lines = pd.concat([h.lines for h in held], ignore_index=True)
-            self._put_back(
-                self._check(RawFrame(self.entity, held[0].source, frame, lines, held[0].line_label))
-            )
+            clean = self._check(RawFrame(self.entity, held[0].source, frame, lines, held[0].line_label))
+            if self.in_file_order:
+                self._put_back(clean)
+            elif len(clean):
+                self.paths.append(write_clean(self.out, self.entity, len(self.paths), clean))
+        self.chunks.close(self.paths)
+
+    def _hand_over(self, upto: int) -> None:
+        """Hand over the chunks before position `upto` not handed over yet (none for consents)."""
+        if self.in_file_order:
+            return
+        for i in range(self.handed, upto):
+            self.chunks.add(self.paths[i])
+        self.handed = max(self.handed, upto)
 
     def _parents_found(self, raw: RawFrame) -> np.ndarray | None:
         """Return whether each row's parent key is a valid parent (None: nothing to look up)."""
@@ -832,7 +896,7 @@ def _validate_staged(
     reasons: dict[str, int] = {}
     for staged_entity in staged:
         entity = staged_entity.entity
-        run = _EntityRun(entity, markets, parents, out)
+        run = _EntityRun(entity, markets, parents, out, handoff.start(entity))
         run.validate(prefetch(raw_chunks(staged_entity)), repeated_keys(staged_entity))
         quarantine = _sorted_quarantine(run.problems)
         clean_paths[entity], rows_read[entity], rows_valid[entity] = tuple(run.paths), run.read, run.valid
@@ -841,7 +905,6 @@ def _validate_staged(
             quarantined_rows[entity.value] = int(quarantine.drop_duplicates(["source", "line"]).shape[0])
             for reason, count in quarantine.groupby("reason").size().items():
                 reasons[str(reason)] = reasons.get(str(reason), 0) + int(count)
-        handoff.put(entity, clean_paths[entity])
     return StagedValidation(
         str(out),
         clean_paths,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
@@ -94,7 +94,7 @@ def indexes_built_after(conn: Connection, table: Table) -> Iterator[None]:
 
 
 def copy_chunks(
-    conn: Connection, table: Table, chunks: int, read: ChunkReader, arrow: ArrowReader | None
+    conn: Connection, table: Table, chunks: Iterable[int], read: ChunkReader, arrow: ArrowReader | None
 ) -> int:
     """COPY every chunk into `table` and return the row count; the next chunk's CSV is built meanwhile.
 
@@ -103,26 +103,36 @@ def copy_chunks(
     """
     written = 0
 
-    def copy(job: Future[Payload]) -> None:
+    def copy(payload: Payload) -> None:
         nonlocal written
-        columns, payload, rows = job.result()
+        columns, data, rows = payload
         if rows:
-            _copy_in(conn, f'"{table.name}"', columns, payload)
+            _copy_in(conn, f'"{table.name}"', columns, data)
             written += rows
 
     with ThreadPoolExecutor(1, thread_name_prefix="copy-payload") as pool:
+        if arrow is not None:
+            positions = iter(chunks)
+
+            def build_next() -> Payload | None:
+                # Waits here, not between COPYs, when validation has not written the next chunk yet.
+                i = next(positions, None)
+                return None if i is None else _arrow_chunk(arrow, i, table)
+
+            job = pool.submit(build_next)
+            while (payload := job.result()) is not None:
+                job = pool.submit(build_next)
+                copy(payload)
+            return written
         pending: Future[Payload] | None = None
-        for i in range(chunks):
-            if arrow is not None:
-                job = pool.submit(_arrow_chunk, arrow, i, table)
-            else:
-                # `read` may query the connection, so it runs here, between the COPYs.
-                job = pool.submit(_frame_payload, read(i, None), table)
+        for i in chunks:
+            # `read` may query the connection, so it runs here, between the COPYs.
+            job_ = pool.submit(_frame_payload, read(i, None), table)
             if pending is not None:
-                copy(pending)
-            pending = job
+                copy(pending.result())
+            pending = job_
         if pending is not None:
-            copy(pending)
+            copy(pending.result())
     return written
 
 
@@ -145,7 +155,7 @@ def sync_chunks(
     conn: Connection,
     table: Table,
     key: list[str],
-    chunks: int,
+    chunks: int | Iterable[int],
     read: ChunkReader,
     only_where_null: str | None = None,
     arrow: ArrowReader | None = None,
@@ -158,9 +168,11 @@ def sync_chunks(
     every chunk by COPY; otherwise keys and row hashes alone are copied into a temporary table and
     compared with the table in one join, and only new rows (COPY) and changed rows (UPDATE, never
     where `only_where_null` is set) are read again and written, so a rerun writes nearly nothing.
+    `chunks` is their number, or their positions as each becomes readable (a load beside validation).
     """
+    chunks = range(chunks) if isinstance(chunks, int) else chunks
     if conn.dialect.name != "postgresql":
-        stats = [sync_frame(conn, table, read(i, None), key, only_where_null) for i in range(chunks)]
+        stats = [sync_frame(conn, table, read(i, None), key, only_where_null) for i in chunks]
         return SyncStats(*(sum(getattr(x, f) for x in stats) for f in ("inserted", "updated", "unchanged")))
     if conn.execute(select(literal(1)).select_from(table).limit(1)).first() is None:
         with indexes_built_after(conn, table):
@@ -168,7 +180,7 @@ def sync_chunks(
     probe = [*key, "row_hash"]
     tmp = _temp_table(conn, table, pd.DataFrame(columns=probe), ordinal=True)
     sizes = []
-    for i in range(chunks):
+    for i in chunks:
         frame = read(i, probe)
         copy_frame(conn, tmp, table, frame)
         sizes.append(len(frame))
@@ -206,7 +218,11 @@ def sync_customer_chunks(conn: Connection, chunks: int, read: ChunkReader) -> Sy
 
 
 def sync_entity_chunks(
-    conn: Connection, entity: Entity, chunks: int, read: ChunkReader, arrow: ArrowReader | None = None
+    conn: Connection,
+    entity: Entity,
+    chunks: int | Iterable[int],
+    read: ChunkReader,
+    arrow: ArrowReader | None = None,
 ) -> SyncStats:
     """Upsert contracts, instalments or activity chunk by chunk, by key and row hash."""
     return sync_chunks(conn, ENTITY_TABLES[entity], list(CONTRACT[entity].key), chunks, read, arrow=arrow)

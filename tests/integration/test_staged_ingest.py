@@ -229,27 +229,28 @@ def test_unreadable_row_late_in_a_file_stops_before_anything_is_loaded(portfolio
     assert not staging_dir(home, 1).exists()
 
 
-def _wait_for_the_load_to_write(engine: Engine, table: str) -> None:
-    """Return once another session holds `table` for writing (a first load drops its key, builds it after)."""
-    held = text(
-        "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = :t "
-        "AND l.mode = 'AccessExclusiveLock' AND l.granted AND l.pid <> pg_backend_pid()"
+def _wait_for_the_load_to_copy_into(engine: Engine, table: str) -> None:
+    """Return once another session has copied rows into `table` and waits, its transaction open."""
+    waiting = text(
+        "SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database() "
+        "AND state = 'idle in transaction' AND query LIKE :copy"
     )
     deadline = time.monotonic() + 60
     with engine.connect() as conn:
-        while conn.execute(held, {"t": table}).first() is None:
-            assert time.monotonic() < deadline, f"the load never started writing {table}"
+        while conn.execute(waiting, {"copy": f'COPY "{table}" %'}).first() is None:
+            assert time.monotonic() < deadline, f"the load never copied into {table}"
             conn.rollback()
             time.sleep(0.05)
 
 
 @pytest.mark.postgres
-def test_the_load_writes_customers_while_validation_goes_on_and_keeps_nothing_when_it_then_stops(
+def test_the_load_copies_an_entitys_first_chunk_while_validation_goes_on_and_keeps_nothing_when_it_stops(
     pg_admin_dsn: str, portfolio: Path, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
     staged = stage_sources(_settings(portfolio, home, 50), staging_dir(home, 1))
     validated = validate_staged(staged.entities, MARKETS, Path(staged.directory) / "validated")
+    assert len(validated.clean[Entity.INSTALMENTS]) > 1
     with scratch_database(pg_admin_dsn) as url:
         engine = make_engine(url)
         upgrade(engine)
@@ -259,16 +260,19 @@ def test_the_load_writes_customers_while_validation_goes_on_and_keeps_nothing_wh
                 return load_staged(conn, handoff, 1, "bank", HASH_KEY)
 
         with (
-            pytest.raises(RuntimeError, match="contracts.csv unusable"),
+            pytest.raises(RuntimeError, match="instalments.csv unusable"),
             load_beside(write) as (handoff, loading),
         ):
-            handoff.put(Entity.CUSTOMERS, validated.clean[Entity.CUSTOMERS])
-            _wait_for_the_load_to_write(engine, "customers")
-            raise RuntimeError("contracts.csv unusable")
+            for entity in (Entity.CUSTOMERS, Entity.CONTRACTS):
+                handoff.start(entity).close(validated.clean[entity])
+            handoff.start(Entity.INSTALMENTS).add(validated.clean[Entity.INSTALMENTS][0])
+            _wait_for_the_load_to_copy_into(engine, "instalments")
+            raise RuntimeError("instalments.csv unusable")
         with pytest.raises(SourceError, match="nothing was loaded"):
             loading.result()
         assert all(frame.empty for frame in _snapshot(engine).values())
-        assert inspect(engine).get_pk_constraint("customers")["constrained_columns"] == ["customer_key"]
+        # A first load builds the key after the rows; the rollback puts the one it dropped back.
+        assert inspect(engine).get_pk_constraint("instalments")["constrained_columns"] == ["instalment_key"]
         engine.dispose()
 
 

@@ -1,4 +1,4 @@
-"""Validated entities reach a load running beside as each is finished, and a stopped validation stops it."""
+"""Validated chunks reach a load running beside as each is written, and a stopped validation stops it."""
 
 from __future__ import annotations
 
@@ -28,37 +28,53 @@ def _result(entities: list[Entity]) -> StagedValidation:
 
 
 class _Reader:
-    """A load stand-in: takes each entity as it comes and says so."""
+    """A load stand-in: takes each chunk as it comes and says so."""
 
     def __init__(self) -> None:
-        self.taken: list[Entity] = []
+        self.taken: list[str] = []
         self.arrived = threading.Semaphore(0)
 
     def __call__(self, handoff: Handoff) -> StagedValidation:
-        for entity, _paths in handoff.entities():
-            self.taken.append(entity)
-            self.arrived.release()
+        for chunks in handoff.entities():
+            for i in chunks.indices():
+                self.taken.append(chunks[i])
+                self.arrived.release()
         return handoff.result()
 
     def wait_for(self, count: int) -> None:
         for _ in range(count):
-            assert self.arrived.acquire(timeout=WAIT), "the load never got the entity handed over"
+            assert self.arrived.acquire(timeout=WAIT), "the load never got the chunk handed over"
 
 
-def test_the_load_takes_each_entity_as_soon_as_it_is_validated_and_ends_with_the_validation() -> None:
+def test_the_load_takes_each_chunk_as_soon_as_it_is_written_and_ends_with_the_validation() -> None:
     reader = _Reader()
     result = _result([Entity.CUSTOMERS, Entity.CONTRACTS])
     with load_beside(reader) as (handoff, loading):
-        handoff.put(Entity.CUSTOMERS, result.clean[Entity.CUSTOMERS])
+        customers = handoff.start(Entity.CUSTOMERS)
+        customers.add("customers-0")
         reader.wait_for(1)
-        assert reader.taken == [Entity.CUSTOMERS]
+        assert reader.taken == ["customers-0"]
+        customers.add("customers-1")
+        reader.wait_for(1)
+        customers.close(["customers-0", "customers-1", "customers-held-back"])
+        reader.wait_for(1)
         assert not loading.done()
-        handoff.put(Entity.CONTRACTS, result.clean[Entity.CONTRACTS])
+        handoff.start(Entity.CONTRACTS).close(["contracts-0"])
         reader.wait_for(1)
         assert not loading.done()
         handoff.finish(result)
         assert loading.result(timeout=WAIT) is result
-    assert reader.taken == [Entity.CUSTOMERS, Entity.CONTRACTS]
+    assert reader.taken == ["customers-0", "customers-1", "customers-held-back", "contracts-0"]
+
+
+def test_all_waits_for_the_entity_to_be_validated_and_gives_its_final_chunks() -> None:
+    with load_beside(lambda handoff: next(handoff.entities()).all()) as (handoff, loading):
+        consents = handoff.start(Entity.CONSENTS)
+        consents.add("consents-0")
+        assert not loading.done()
+        # Consents come whole: held-back rows go back into their chunks in file order at the end.
+        consents.close(["consents-0", "consents-1"])
+        assert loading.result(timeout=WAIT) == ("consents-0", "consents-1")
 
 
 @pytest.mark.parametrize(
@@ -71,20 +87,20 @@ def test_the_load_takes_each_entity_as_soon_as_it_is_validated_and_ends_with_the
 def test_a_validation_that_stops_stops_the_load_waiting_beside_it(stop: Callable[[Handoff], None]) -> None:
     reader = _Reader()
     with pytest.raises(RuntimeError, match="bad source"), load_beside(reader) as (handoff, loading):
-        handoff.put(Entity.CUSTOMERS, ("/staging/validated/customers-0.parquet",))
+        handoff.start(Entity.CUSTOMERS).add("/staging/validated/customers-0.parquet")
         reader.wait_for(1)
         stop(handoff)
         raise RuntimeError("bad source")
     with pytest.raises(SourceError, match="validate: stopped before every entity was validated; nothing"):
         loading.result(timeout=WAIT)
-    assert reader.taken == [Entity.CUSTOMERS]
+    assert reader.taken == ["/staging/validated/customers-0.parquet"]
 
 
 def test_a_finished_validation_is_handed_over_whole_in_dependency_order_as_often_as_asked() -> None:
     result = _result(list(reversed(ENTITY_ORDER)))
     handoff = Handoff.of(result)
-    first = list(handoff.entities())
+    first = [(chunks.entity, chunks.all()) for chunks in handoff.entities()]
     assert [e for e, _ in first] == list(ENTITY_ORDER)
-    assert first == list(handoff.entities())
+    assert first == [(chunks.entity, chunks.all()) for chunks in handoff.entities()]
     assert dict(first) == result.clean
     assert handoff.result() is result
