@@ -274,7 +274,7 @@ def main() -> None:
         rate = "" if stage == "load" else f"{(rows / s if s else 0):,.0f}"
         name = "load*" if stage == "load" else stage
         print(f"{name:<14}{s:>9.2f}{rows:>12,}{rate:>12}{peak:>12,.0f} MiB")
-    print("* writes each entity while validate checks the next; seconds after validate ended")
+    print("* copies each chunk while validate checks the next; seconds after validate ended")
     if "shards" in secs:
         # Per-stage figures of a sharded run are the slowest shard's.
         stage_sum = sum(secs.get(s, 0.0) for s in ("extract", "validate", "load")) + secs["shards"]

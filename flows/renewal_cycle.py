@@ -75,8 +75,8 @@ def shard_parameters(
 def ingest(cycle_id: int, label: str, out: tuple[dict[str, Any], dict[str, float], dict[str, float]]) -> None:
     """Extract, validate and load the cycle's sources; stats, seconds and peak RSS go into `out`.
 
-    The load writes each entity while validate checks the next, in one transaction committed after
-    the last; its seconds are what it took after validate had finished.
+    The load copies each validated chunk while validate checks the next, in one transaction committed
+    after the last; its seconds are what it took after validate had finished.
     """
     stages, seconds, rss = out
     with timed(seconds, "extract", rss):
