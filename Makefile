@@ -19,8 +19,11 @@ $(UV):
 	$(PYTHON) -m venv .uv
 	.uv/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 
+# --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set (this machine and CI) no .pyc is ever written,
+# and every process (cycle, worker, CLI, test subprocess) compiled Prefect, pandas and the rest from
+# source again: importing prefect, pandas and holidays took 8.2 s, 2.4 s with compiled bytecode.
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')"
+	$(UV) sync --frozen --compile-bytecode --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')"
 	@touch $@
 
 bootstrap: $(VENV)/.synced ## Install everything into .venv (idempotent)
