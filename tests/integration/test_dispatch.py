@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, select, update
 
-from tasks.dispatch import dispatch_cycle
+from tasks.dispatch import dispatch_cycle, throttled
 from tasks.domain.contract import Entity
 from tasks.sources.validation import validate_all
 from tasks.store import schema as s
@@ -125,3 +125,14 @@ def test_erased_customer_is_not_contacted_at_send_time(engine: Engine) -> None:
     sender = FakeSender()
     stats = dispatch_cycle(engine, 1, {"email": sender}, MARKETS, KEY, batch_size=10)
     assert (stats["sent"], stats["blocked_at_send"]) == (1, 1)
+
+
+def test_progress_reports_go_out_at_most_once_a_second_and_the_first_at_once() -> None:
+    clock = iter([10.0, 10.4, 10.99, 11.0, 11.5, 13.2])
+    seen: list[int] = []
+    report = throttled(every=1.0, clock=lambda: next(clock))(seen.append)
+
+    for handled in (1000, 2000, 3000, 4000, 5000, 6000):
+        report(handled)
+
+    assert seen == [1000, 4000, 6000]
