@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.domain.contract import Entity
-from tasks.sources.validation import Reason, validate_all, validate_entity
+from tasks.domain.contract import CONTRACT, Column, Entity
+from tasks.sources.validation import (
+    _BY_VALUE,
+    Problems,
+    Reason,
+    _parse_column,
+    _parse_rows,
+    joined_keys,
+    validate_all,
+    validate_entity,
+)
 from tests.support.factories import markets, raw, raw_set
 
 MARKETS = markets()
@@ -159,3 +169,81 @@ class TestCanonicalValues:
         a = validate_entity(raw(Entity.CONTRACTS, [{}]), MARKETS).clean.loc[0, "row_hash"]
         b = validate_entity(raw(Entity.CONTRACTS, [{"price": "120.00"}]), MARKETS).clean.loc[0, "row_hash"]
         assert a != b
+
+
+# Values of every kind parsed by value, good and bad, some repeated, in no particular order.
+_TRICKY = [
+    "", "2026-11-01", "2026-02-30", "2026-1-5", "2026-11", "2026-13", "2024-03-05T10:12:00Z", "yesterday",
+    "250.00", "250", "-5", "0", "1.005", "inf", "12,50", " 7", "EUR", "eur", "EURO", "DE", "de", "JP",
+    "true", "Yes", "0", "maybe", "loan", "LOAN", "Europe/Berlin", "Mars/Olympus", "US-FL", "us-fl", "de-AT",
+    "de_at", "xx-QQ", "granted", "250.00", "", "2026-11-01", "EUR",
+]  # fmt: skip
+
+
+def _parsed_both_ways(col: Column, values: pd.Series) -> tuple[pd.Series, Problems, pd.Series, Problems]:
+    once, by_row = Problems([], [], [], []), Problems([], [], [], [])
+    return (
+        _parse_column(col, values, once, MARKETS, None),
+        once,
+        _parse_rows(col, values, by_row, MARKETS, None),
+        by_row,
+    )
+
+
+class TestParsingEachDistinctValueOnce:
+    @pytest.mark.parametrize(
+        "col",
+        [c for spec in CONTRACT.values() for c in spec.columns if c.kind in _BY_VALUE],
+        ids=lambda c: f"{c.name}-{c.kind.value}",
+    )
+    @pytest.mark.parametrize(
+        "values",
+        [_TRICKY, ["7", "12", "7", "0"], ["2026-10", "2026-11", "2026-10"]],
+        ids=["mixed", "whole-numbers", "months"],
+    )
+    @pytest.mark.parametrize("dtype", ["str", "object"])
+    def test_every_row_gets_what_parsing_it_row_by_row_gives(
+        self, col: Column, values: list[str], dtype: str
+    ) -> None:
+        rows = pd.Series(values * 3, dtype=dtype, index=range(10, 10 + 3 * len(values)))
+        once, once_problems, by_row, by_row_problems = _parsed_both_ways(col, rows)
+        pd.testing.assert_series_equal(once, by_row)
+        assert (once_problems.fields, once_problems.reasons, once_problems.details) == (
+            by_row_problems.fields,
+            by_row_problems.reasons,
+            by_row_problems.details,
+        )
+        assert [p.tolist() for p in once_problems.rows] == [p.tolist() for p in by_row_problems.rows]
+
+    def test_a_column_with_missing_values_is_parsed_row_by_row(self) -> None:
+        col = CONTRACT[Entity.INSTALMENTS].column("amount")
+        rows = pd.Series(["250.00", None, "-5"], dtype="object")
+        once, once_problems, by_row, by_row_problems = _parsed_both_ways(col, rows)
+        pd.testing.assert_series_equal(once, by_row)
+        assert once_problems.reasons == by_row_problems.reasons == [Reason.BAD_NUMBER, Reason.NEGATIVE_AMOUNT]
+        assert [p.tolist() for p in once_problems.rows] == [[1], [2]]
+
+
+class TestKeysAndHashes:
+    @pytest.mark.parametrize("entity", [Entity.ACTIVITY, Entity.CONSENTS])
+    def test_composite_keys_join_alike_in_arrow_and_python_text(self, entity: Entity) -> None:
+        key = list(CONTRACT[entity].key)
+        frame = pd.DataFrame({k: ["C1", "", "C3", None] for k in key}, dtype="str")
+        frame[key[-1]] = ["x", "y", "", "z"]
+        arrow, python = joined_keys(frame, entity), joined_keys(frame.astype("object"), entity)
+        assert arrow is not None and python is not None
+        pd.testing.assert_series_equal(arrow.astype("object"), python.astype("object"))
+        assert arrow.iloc[0] == "\x1f".join(["C1"] * (len(key) - 1) + ["x"])
+        assert arrow.iloc[1] == ""
+
+    def test_row_hash_stays_what_earlier_versions_stored(self) -> None:
+        # Stored hashes decide which rows changed; a new hash for the same row would append every
+        # consent again as a new record on the next run.
+        assert validate_entity(raw(Entity.CONTRACTS, [{}]), MARKETS).clean.loc[0, "row_hash"] == (
+            "11512709694712968525"
+        )
+
+    def test_row_hash_of_a_clean_row_ignores_the_quarantined_rows_beside_it(self) -> None:
+        result = validate_entity(raw(Entity.ACTIVITY, [{"transactions": "x"}, {"month": "2026-08"}]), MARKETS)
+        assert result.clean["row_hash"].tolist() == ["15252886775322881245"]
+        assert np.array_equal(result.quarantine["line"].unique(), [2])
