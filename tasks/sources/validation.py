@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from babel import Locale, UnknownLocaleError
 from babel.numbers import list_currencies
+from pandas.api.extensions import ExtensionArray
+from pandas.arrays import NumpyExtensionArray
 
 from tasks.domain.contract import CONTRACT, ENTITY_ORDER, Column, Entity, EntitySpec, Kind
 from tasks.domain.markets import Market
@@ -176,8 +178,46 @@ def _is_in(values: pd.Series, keys: pd.Index | pa.Array) -> pd.Series:
     )
 
 
-def _row_hash(frame: pd.DataFrame) -> pd.Series:
-    return pd.util.hash_pandas_object(frame, index=False).astype(str)
+# Kinds whose values are mostly distinct: hashing them value by value skips factorizing them first.
+_MOSTLY_DISTINCT = frozenset({Kind.KEY, Kind.NAME, Kind.TEXT, Kind.EMAIL, Kind.PHONE, Kind.DATETIME})
+
+
+def _row_hash(frame: pd.DataFrame, spec: EntitySpec) -> np.ndarray:
+    """Return each row's hash as `pd.util.hash_pandas_object(frame, index=False)` gives it.
+
+    The hashes are stored and tell changed rows from unchanged ones on the next run, so they must
+    never change; a test pins them to pandas' own.
+    """
+    distinct = {c.name for c in spec.columns if c.kind in _MOSTLY_DISTINCT}
+    hashes = [
+        # Either way gives the same hash per value; a column with nulls keeps pandas' default.
+        pd.util.hash_array(_array(values), categorize=name not in distinct or values.hasnans)
+        for name, values in frame.items()
+    ]
+    return _combine_hashes(hashes, len(frame))
+
+
+def _hash_text(hashes: np.ndarray) -> np.ndarray:
+    """Return hashes as the decimal text the store keeps."""
+    return np.asarray(pa.array(hashes).cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _array(values: pd.Series) -> np.ndarray | ExtensionArray:
+    array = values.array
+    return array.to_numpy() if isinstance(array, NumpyExtensionArray) else array
+
+
+def _combine_hashes(hashes: Sequence[np.ndarray], rows: int) -> np.ndarray:
+    """Combine per-column hashes into row hashes the way pandas does (CPython's tuple hash)."""
+    out = np.full(rows, 0x345678, dtype=np.uint64)
+    mult = np.uint64(1000003)
+    for i, h in enumerate(hashes):
+        inverse = len(hashes) - i
+        out ^= h
+        out *= mult
+        mult += np.uint64(82520 + inverse + inverse)
+    out += np.uint64(97531)
+    return out
 
 
 # Kinds whose verdict depends on the value alone. A column of them holds few distinct values (dates,
@@ -357,7 +397,7 @@ def _duplicates(raw: RawFrame, spec: EntitySpec, problems: Problems) -> None:
     groups = pd.DataFrame(
         {
             "group": rows.groupby(key, sort=False).ngroup().to_numpy(),
-            "content": _row_hash(rows).to_numpy(),
+            "content": _row_hash(rows, spec),
             "line": raw.lines.to_numpy()[dup],
             "position": np.flatnonzero(dup),
         }
@@ -436,7 +476,7 @@ def validate_entity(
     bad = problems.bad_rows(len(frame))
     clean = clean.loc[~bad].reset_index(drop=True)
     # Hashed whole and then picked: a row's hash is its own, and picking the text columns first copied them.
-    clean["row_hash"] = _row_hash(frame).to_numpy()[~bad]
+    clean["row_hash"] = _hash_text(_row_hash(frame, spec)[~bad])
     return Validated(raw.entity, clean, _quarantine_frame(raw, frame, spec, problems), len(frame))
 
 

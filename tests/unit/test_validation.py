@@ -13,6 +13,7 @@ from tasks.sources.validation import (
     Reason,
     _parse_column,
     _parse_rows,
+    _row_hash,
     joined_keys,
     validate_all,
     validate_entity,
@@ -235,6 +236,20 @@ class TestKeysAndHashes:
         pd.testing.assert_series_equal(arrow.astype("object"), python.astype("object"))
         assert arrow.iloc[0] == "\x1f".join(["C1"] * (len(key) - 1) + ["x"])
         assert arrow.iloc[1] == ""
+
+    @pytest.mark.parametrize("dtype", ["str", "object"])
+    def test_row_hash_is_pandas_own_row_hash(self, dtype: str) -> None:
+        frame = pd.DataFrame(
+            {
+                "instalment_key": ["I1", "I2", "I3", "I1", "É"],
+                "contract_key": ["K1", "K1", None, "K1", ""],
+                "amount": ["250.00", "250.00", "1", "250.00", ""],
+                "extra": ["a", "b", "a", "a", None],
+            },
+            dtype=dtype,
+        )
+        expected = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+        assert np.array_equal(_row_hash(frame, CONTRACT[Entity.INSTALMENTS]), expected)
 
     def test_row_hash_stays_what_earlier_versions_stored(self) -> None:
         # Stored hashes decide which rows changed; a new hash for the same row would append every
