@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from tasks.domain.contract import CONTRACT, Column, Entity
 from tasks.sources.validation import (
     _BY_VALUE,
+    KeySet,
     Problems,
     Reason,
     _parse_column,
@@ -262,3 +264,26 @@ class TestKeysAndHashes:
         result = validate_entity(raw(Entity.ACTIVITY, [{"transactions": "x"}, {"month": "2026-08"}]), MARKETS)
         assert result.clean["row_hash"].tolist() == ["15252886775322881245"]
         assert np.array_equal(result.quarantine["line"].unique(), [2])
+
+
+class _Colliding(KeySet):
+    """Hashes by length alone, so keys of one length all collide."""
+
+    def hash(self, values: pd.Series) -> np.ndarray:
+        return np.asarray([0 if v is None or v != v else len(v) for v in values], dtype=np.uint64)
+
+
+class TestKeySet:
+    @pytest.mark.parametrize("dtype", ["str", "object"])
+    def test_finds_the_keys_it_holds_and_nothing_else(self, dtype: str) -> None:
+        keys = KeySet(pa.array([f"K{i:07d}" for i in range(1000)]))
+        probe = pd.Series(["K0000999", "K0001000", "K0000000", "", None, "K0000999", "k0000001"], dtype=dtype)
+        assert keys.contains(probe).tolist() == [True, False, True, False, False, True, False]
+
+    def test_a_value_whose_hash_collides_with_a_key_is_not_found(self) -> None:
+        keys = _Colliding(pa.array(["AA", "BB", "CCC"]))
+        probe = pd.Series(["ZZ", "BB", "AA", "QQQ", "CCC", "D", None], dtype="object")
+        assert keys.contains(probe).tolist() == [False, True, True, False, True, False, False]
+
+    def test_an_empty_set_finds_nothing(self) -> None:
+        assert KeySet(pa.array([], type=pa.string())).contains(pd.Series(["A"])).tolist() == [False]
