@@ -52,6 +52,7 @@ class TogetherPeak:
         import psutil
 
         self.me, self.every, self.peak_mb = psutil.Process(), every, 0.0
+        self.at_peak: list[float] = []  # this process first, then each spawned one, MiB
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -74,13 +75,14 @@ class TogetherPeak:
         import psutil
 
         while not self._stop.wait(self.every):
-            rss = 0
+            parts = []
             for process in [self.me, *self._spawned()]:
                 try:
-                    rss += process.memory_info().rss
+                    parts.append(process.memory_info().rss / 2**20)
                 except psutil.Error:  # a child that exited between listing and reading
                     continue
-            self.peak_mb = max(self.peak_mb, rss / 2**20)
+            if sum(parts) > self.peak_mb:
+                self.peak_mb, self.at_peak = sum(parts), parts
 
     def stop(self) -> float:
         """Stop sampling and return the highest summed RSS seen."""
@@ -241,6 +243,7 @@ def main() -> None:
             rss_cycle = peak_rss_mb()
             rss_workers = workers_rss()
             rss_together = together.stop() if together else rss_cycle
+            at_peak = together.at_peak if together else []
         floor_io, floor_rows = floor_copy(url, work / "source")
         rendered = summary["stages"]["render"]["rendered"]
         floor_tpl = floor_render(rendered)
@@ -306,6 +309,12 @@ def main() -> None:
             f"spawned together at most {rss_together:,.0f} MiB (their sum sampled every 0.2s; the sum of "
             f"each one's own peak is {rss_cycle + rss_ingest + sum(rss_workers):,.0f} MiB)"
         )
+        if at_peak:
+            # One spawned process more than there are workers: the ingest's child was alive at the peak.
+            print(
+                f"at that moment: this process {at_peak[0]:,.0f} MiB, spawned processes "
+                f"{', '.join(f'{r:,.0f}' for r in at_peak[1:])} MiB"
+            )
     print(f"messages: {rendered:,} rendered, {st['dispatch']['sent']:,} sent to the outbox")
     timed = [(s, secs.get(s, 0.0)) for s in INGEST]
     timed += (
