@@ -209,6 +209,15 @@ def test_duplicate_key_split_across_chunks_is_caught(stores: Stores, tmp_path: P
     assert stored["quarantine"].query("entity == 'contracts'")["reason"].tolist() == ["UNKNOWN_PARENT"]
 
 
+def test_duplicate_key_within_one_chunk_is_caught(stores: Stores, tmp_path: Path) -> None:
+    customers = [{"customer_key": f"C{i:07d}"} for i in range(1, 20)]
+    customers.insert(3, {"customer_key": "C0000002"})
+    write_csvs(tmp_path / "source", raw_set(customers=customers))
+    _ingest(stores.first, tmp_path / "source", tmp_path / "home", chunk_rows=7)
+    dups = _snapshot(stores.first)["quarantine"].query("reason == 'DUPLICATE_KEY'")
+    assert dups[["line", "detail"]].values.tolist() == [[5, "identical copy of line 3"]]
+
+
 def test_bad_header_in_the_last_file_stops_before_anything_is_staged(stores: Stores, portfolio: Path) -> None:
     consents = portfolio / "consents.csv"
     pd.read_csv(consents, dtype=str).drop(columns=["captured_at"]).to_csv(consents, index=False)
