@@ -661,7 +661,7 @@ def _hashes(keys: pd.Series) -> np.ndarray:
     return np.fromiter(map(hash, keys.tolist()), dtype=np.int64, count=len(keys))
 
 
-def repeated_keys(entity: StagedEntity) -> pd.Index:
+def repeated_keys(entity: StagedEntity, hash_keys: Callable[[pd.Series], np.ndarray] = _hashes) -> pd.Index:
     """Return the keys that occur more than once in an entity's staged raw rows (reads key columns only).
 
     Keys are compared as 64-bit hashes first, so memory stays at 8 bytes a row; the few keys whose
@@ -674,7 +674,9 @@ def repeated_keys(entity: StagedEntity) -> pd.Index:
             keys = joined_keys(raw.frame, entity.entity)
             if keys is None:
                 return
-            yield keys, np.where((keys != "").to_numpy(dtype=bool), _hashes(keys), 0)
+            # Rows without a complete key are never repeats; dropping them keeps every hash value a key's.
+            keys = keys[(keys != "").to_numpy(dtype=bool)]
+            yield keys, hash_keys(keys)
 
     # Filled in place: gathering the chunks' hashes and concatenating them held every hash twice.
     every = np.empty(entity.rows, dtype=np.int64)
@@ -684,10 +686,8 @@ def repeated_keys(entity: StagedEntity) -> pd.Index:
         filled += len(h)
     every = every[:filled]
     every.sort()
-    # Hash 0 marks a row without a complete key; such rows are never repeats.
-    repeats = (every[1:] == every[:-1]) & (every[1:] != 0)
-    candidates = np.unique(every[1:][repeats])
-    del every, repeats
+    candidates = np.unique(every[1:][every[1:] == every[:-1]])
+    del every
     if not len(candidates):
         return pd.Index([], dtype=object)
     found = [keys[np.isin(h, candidates)] for keys, h in hashed()]

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from sqlalchemy import Engine, inspect, select, text
@@ -216,6 +217,28 @@ def test_duplicate_key_within_one_chunk_is_caught(stores: Stores, tmp_path: Path
     _ingest(stores.first, tmp_path / "source", tmp_path / "home", chunk_rows=7)
     dups = _snapshot(stores.first)["quarantine"].query("reason == 'DUPLICATE_KEY'")
     assert dups[["line", "detail"]].values.tolist() == [[5, "identical copy of line 3"]]
+
+
+@pytest.mark.parametrize(
+    "hash_keys",
+    [
+        validation._hashes,
+        lambda keys: np.zeros(len(keys), dtype=np.int64),
+        lambda keys: keys.str.len().to_numpy(dtype=np.int64),
+    ],
+    ids=["python-hash", "every-hash-zero", "every-key-colliding"],
+)
+def test_repeated_keys_are_the_keys_seen_twice_whatever_their_hashes(
+    tmp_path: Path, hash_keys: Callable[[pd.Series], np.ndarray]
+) -> None:
+    customers = [{"customer_key": f"C{i:07d}"} for i in range(1, 20)]
+    customers.insert(3, {"customer_key": "C0000002"})
+    customers += [{"customer_key": ""}, {"customer_key": ""}, {"customer_key": "C0000017"}]
+    write_csvs(tmp_path / "source", raw_set(customers=customers))
+    home = tmp_path / "home"
+    staged = stage_sources(_settings(tmp_path / "source", home, 7), staging_dir(home, 1))
+    entity = next(e for e in staged.entities if e.entity is Entity.CUSTOMERS)
+    assert sorted(validation.repeated_keys(entity, hash_keys)) == ["C0000002", "C0000017"]
 
 
 def test_bad_header_in_the_last_file_stops_before_anything_is_staged(stores: Stores, portfolio: Path) -> None:
