@@ -9,7 +9,7 @@ from prefect import flow, task
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
-from flows.stages import peak_rss_mb, release_memory, run_customer_stages
+from flows.stages import peak_rss_mb, release_memory, run_customer_stages, use_system_allocator
 from tasks._prefect import STEP, protect_run
 from tasks.domain.shards import Shard
 from tasks.runtime import get_runtime
@@ -37,6 +37,7 @@ def run_shard(
     shard_count: int,
 ) -> dict[str, Any]:
     """Run the per-customer stages of an open cycle for one shard; record its stats in the audit log."""
+    use_system_allocator()
     shard = Shard(shard_index, shard_count)
     label = f"{','.join(markets)} {as_of.isoformat()} {','.join(playbook_ids)} shard {shard.label}"
     result: dict[str, Any] = {"stages": {}, "seconds": {}, "peak_rss_mb": {}}
