@@ -17,6 +17,7 @@ from tasks.sources.validation import (
     _parse_rows,
     _row_hash,
     joined_keys,
+    text_hashes,
     validate_all,
     validate_entity,
 )
@@ -269,8 +270,36 @@ class TestKeysAndHashes:
 class _Colliding(KeySet):
     """Hashes by length alone, so keys of one length all collide."""
 
-    def hash(self, values: pd.Series) -> np.ndarray:
-        return np.asarray([0 if v is None or v != v else len(v) for v in values], dtype=np.uint64)
+    def hash(self, values: pa.Array) -> np.ndarray:
+        return np.asarray([0 if v is None else len(v) for v in values.to_pylist()], dtype=np.uint64)
+
+
+class TestTextHashes:
+    def test_a_text_hashes_alike_wherever_it_sits_in_its_buffer(self) -> None:
+        texts = ["", "A", "C0000001", "C0000001-01", "ünïcødé", "x" * 17, "C0000001"]
+        alone = [text_hashes(pa.array([t]))[0] for t in texts]
+        together = pa.chunked_array([pa.array(["pad", "dingbytes"] + texts[:3]), pa.array(texts[3:])])
+        assert text_hashes(together)[2:].tolist() == alone
+        assert text_hashes(pa.array(["zz"] + texts, type=pa.large_string()).slice(1)).tolist() == alone
+        assert alone[2] == alone[-1]
+
+    def test_a_null_hashes_as_the_empty_text(self) -> None:
+        assert (
+            text_hashes(pa.array([None, ""], type=pa.string())).tolist()
+            == [text_hashes(pa.array([""]))[0]] * 2
+        )
+
+    def test_distinct_texts_get_distinct_hashes(self) -> None:
+        texts = [f"C{i:07d}" for i in range(100_000)] + [
+            "A",
+            "A\x00",
+            "A\x00\x00",
+            "AB",
+            "BA",
+            "a" * 64,
+            "a" * 63,
+        ]
+        assert len(np.unique(text_hashes(pa.array(texts)))) == len(texts)
 
 
 class TestKeySet:
