@@ -56,8 +56,11 @@ def use_system_allocator() -> None:
     # A worker runs shard after shard, and mimalloc, Arrow's default pool here, kept what the shards
     # freed: 1M customers in 8 shards on 2 workers peaked at 712 MiB a worker, 638-642 with glibc's heap
     # (which trims what is freed), the shards' time within noise (docs/performance.md).
-    if pa.default_memory_pool().backend_name != "system":
+    previous = pa.default_memory_pool()
+    if previous.backend_name != "system":
         pa.set_memory_pool(pa.system_memory_pool())
+        # release_memory() trims the default pool only: what the old pool caches must go back now.
+        previous.release_unused()
 
 
 def named(step: Any, label: str) -> Any:

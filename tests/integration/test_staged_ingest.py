@@ -226,7 +226,7 @@ def test_duplicate_key_within_one_chunk_is_caught(stores: Stores, tmp_path: Path
         lambda keys: np.zeros(len(keys), dtype=np.int64),
         lambda keys: keys.str.len().to_numpy(dtype=np.int64),
     ],
-    ids=["python-hash", "every-hash-zero", "every-key-colliding"],
+    ids=["text-hashes", "every-hash-zero", "every-key-colliding"],
 )
 def test_repeated_keys_are_the_keys_seen_twice_whatever_their_hashes(
     tmp_path: Path, hash_keys: Callable[[pd.Series], np.ndarray]
