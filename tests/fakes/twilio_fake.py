@@ -15,7 +15,8 @@ import struct
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
@@ -186,9 +187,10 @@ class _Handler(BaseHTTPRequestHandler):
         request = Request(
             self.command, parts.path, parse_qsl(parts.query, keep_blank_values=True), self.headers, body
         )
-        response = self.server.app(request)
-        if response.delay:
-            time.sleep(response.delay)
+        with self.server.arrived():
+            response = self.server.app(request)
+            if response.delay:
+                time.sleep(response.delay)
         if response.reset:
             # SO_LINGER 0: close with an RST, as a crashed load balancer would.
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -217,7 +219,26 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, port: int, app: App) -> None:
         self.app = app
+        self.gathering: threading.Barrier | None = None
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._counting = threading.Lock()
         super().__init__(("127.0.0.1", port), _Handler)
+
+    @contextmanager
+    def arrived(self) -> Iterator[None]:
+        """Count a request in flight while it is answered; wait for its group first if gathering."""
+        with self._counting:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if self.gathering is not None:
+                with suppress(threading.BrokenBarrierError):
+                    self.gathering.wait()
+            yield
+        finally:
+            with self._counting:
+                self.in_flight -= 1
 
 
 class FakeServer:
@@ -241,6 +262,20 @@ class FakeServer:
     def handle(self, request: Request) -> Response:
         """Answer one request."""
         raise NotImplementedError
+
+    def gather(self, parties: int, timeout: float = 10.0) -> None:
+        """Hold each request until `parties` are in flight together (or `timeout` passes), then answer."""
+        self._running().gathering = threading.Barrier(parties, timeout=timeout)
+
+    @property
+    def peak_in_flight(self) -> int:
+        """Return the most requests the server has held at once since it started."""
+        return self._running().peak_in_flight
+
+    def _running(self) -> _Server:
+        if self._server is None:
+            raise RuntimeError("not started")
+        return self._server
 
     @property
     def port(self) -> int:

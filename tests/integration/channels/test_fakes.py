@@ -316,16 +316,13 @@ class TestFakeTwilio:
                 clients.append(local.client)
             return post(local.client, number)
 
-        began = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(work, numbers))
-        rate = len(numbers) / (time.monotonic() - began)
         for client in clients:
             client.close()
         assert statuses == [201] * 2000
         assert sorted(m.to for m in twilio.messages) == numbers
-        # Client and server share one GIL here; the floor only catches stalls (e.g. Nagle + delayed ACK).
-        assert rate > 300, rate
+        assert twilio.peak_in_flight <= 8
 
 
 class TestFakeSendGrid:
