@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,10 +21,12 @@ from sqlalchemy import (
     Date,
     DateTime,
     Float,
+    Insert,
     Integer,
     Numeric,
     Select,
     Table,
+    Update,
     and_,
     bindparam,
     or_,
@@ -68,8 +72,8 @@ def _typed(df: pd.DataFrame, table: Table) -> pd.DataFrame:
     return out
 
 
-def _records(df: pd.DataFrame, table: Table) -> list[dict[str, Any]]:
-    """Return rows as dicts of plain Python values (dates as date, JSON as objects) for executemany."""
+def _values(df: pd.DataFrame, table: Table) -> dict[str, list[Any]]:
+    """Return each column as a list of plain Python values (dates as date, JSON as objects, None for null)."""
     typed = _typed(df, table)
     for name in df.columns:
         col_type = table.c[name].type
@@ -80,7 +84,52 @@ def _records(df: pd.DataFrame, table: Table) -> list[dict[str, Any]]:
         elif isinstance(col_type, DateTime):
             typed[name] = typed[name].astype("object")
     obj = typed.astype("object").where(typed.notna(), None)
-    return obj.to_dict("records")  # type: ignore[return-value]
+    return {str(name): _native(obj[name]) for name in obj.columns}
+
+
+def _native(values: pd.Series) -> list[Any]:
+    """Return the values as a list with numpy scalars unboxed: sqlite3 cannot bind them."""
+    plain = values.tolist()
+    # Text columns, most of them, are checked in C; only a column of something else is unboxed value by value.
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+        return plain
+    return [v.item() if isinstance(v, np.generic) else v for v in plain]
+
+
+def executemany(conn: Connection, stmt: Insert | Update, columns: Mapping[str, Sequence[Any]]) -> int:
+    """Run `stmt` once per row of `columns` (bind name -> values); return the rows it changed.
+
+    SQLAlchemy's executemany builds, checks and converts one parameter dict per row, which on
+    SQLite took longer than the statements themselves. Here the statement is compiled once and
+    each column converted by the bind processor SQLAlchemy would have used, so SQLite stores
+    the same values.
+    """
+    dialect = conn.dialect
+    compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
+    constants = compiled.construct_params(dict.fromkeys(columns))
+    # Columns left out whose default SQLAlchemy would have computed in Python for each row.
+    defaults = {c.key: c.default for c in compiled.insert_prefetch} | {
+        c.key: c.onupdate for c in compiled.update_prefetch
+    }
+    rows = len(next(iter(columns.values()), ()))
+    bound: list[Sequence[Any]] = []
+    for name in compiled.positiontup or ():
+        if name in columns:
+            values = columns[name]
+        elif name in defaults:
+            values = [_scalar_default(name, defaults[name])] * rows
+        else:
+            values = [constants[name]] * rows
+        process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+        bound.append([process(v) for v in values] if process is not None else values)
+    result = conn.exec_driver_sql(compiled.string, list(zip(*bound, strict=True)))
+    return int(result.rowcount)
+
+
+def _scalar_default(name: str, default: Any) -> Any:
+    if default is None or not default.is_scalar:
+        raise ValueError(f"column {name!r}: a bulk write fills in constant defaults only; give its values")
+    return default.arg
 
 
 def _arrow_rows(df: pd.DataFrame, table: Table) -> pa.Table:
@@ -172,7 +221,7 @@ def insert_frame(conn: Connection, table: Table, df: pd.DataFrame) -> int:
     if _is_pg(conn):
         _copy_in(conn, f'"{table.name}"', list(df.columns), _csv_payload(df, table))
     else:
-        conn.execute(table.insert(), _records(df, table))
+        executemany(conn, table.insert(), _values(df, table))
     return len(df)
 
 
@@ -188,9 +237,7 @@ def insert_new(conn: Connection, table: Table, df: pd.DataFrame, key: list[str])
             f'INSERT INTO "{table.name}" ({cols}) SELECT {cols} FROM {tmp} ON CONFLICT ({keys}) DO NOTHING'
         )
         return int(result.rowcount)
-    stmt = table.insert().prefix_with("OR IGNORE")
-    result = conn.execute(stmt, _records(df, table))
-    return int(result.rowcount)
+    return executemany(conn, table.insert().prefix_with("OR IGNORE"), _values(df, table))
 
 
 def _stage(conn: Connection, table: Table, df: pd.DataFrame) -> str:
@@ -241,11 +288,10 @@ def update_frame(
         # An expanding IN cannot be used with executemany; spell the alternatives out.
         cond = and_(cond, or_(*(table.c[only_where_in[0]] == value for value in only_where_in[1])))
     stmt = update(table).where(cond).values({c: bindparam(f"v_{c}") for c in values})
-    rows = [
-        {**{f"k_{k}": r[k] for k in key}, **{f"v_{c}": r[c] for c in values}} for r in _records(df, table)
-    ]
-    result = conn.execute(stmt, rows)
-    return int(result.rowcount)
+    columns = _values(df, table)
+    return executemany(
+        conn, stmt, {**{f"k_{k}": columns[k] for k in key}, **{f"v_{c}": columns[c] for c in values}}
+    )
 
 
 def sync_frame(
@@ -295,8 +341,11 @@ def read_frame(conn: Connection, stmt: Select[Any]) -> pd.DataFrame:
                 buf, header=None, names=names, dtype=str, keep_default_na=False, na_values=["\\N"]
             )
     else:
-        # Plain tuples: pandas probes every Row for attributes, and each miss raises inside SQLAlchemy.
-        rows = [tuple(row) for row in conn.execute(stmt)]
+        # The driver's rows as sqlite3 returns them: SQLAlchemy would parse every date and timestamp
+        # text cell by cell, which _coerce then does column by column anyway.
+        result = conn.execute(stmt)
+        rows = result.cursor.fetchall()
+        result.close()
         frame = pd.DataFrame.from_records(rows, columns=names) if rows else pd.DataFrame(columns=names)
     return _coerce(frame, columns)
 
