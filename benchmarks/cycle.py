@@ -6,6 +6,8 @@
 Prints wall time and rows/s per stage, peak RSS of this process, and the floor measured in the same
 run: a raw COPY of the same source rows into PostgreSQL and back out, plus rendering the same number
 of messages. The cycle/floor ratio is what to compare between runs (the machine is shared and noisy).
+The cycle runs with the clock at --at (10:00 UTC today unless told otherwise), since the gate's send
+windows decide how many messages go out.
 With --workers the shards run side by side on a local Dask cluster of worker processes through the
 cycle's own RENEWALS_DASK_ADDRESS path, with a Prefect server they all report to; the cycle then
 ingests in a child process of its own, and peak RSS sums this process and every process it spawned.
@@ -25,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # A fresh PREFECT_HOME migrates Prefect's own database first; on a loaded machine that takes a while.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
+import send_clock  # noqa: E402
 
 INGEST = ("extract", "validate", "load")
 
@@ -92,7 +95,9 @@ class TogetherPeak:
 
 
 @contextmanager
-def dask_workers(count: int, work: Path) -> Iterator[tuple[Callable[[], list[float]], TogetherPeak | None]]:
+def dask_workers(
+    count: int, work: Path, clock: timedelta
+) -> Iterator[tuple[Callable[[], list[float]], TogetherPeak | None]]:
     """Start a local Dask cluster of `count` worker processes for the shards, and sample their memory."""
     if count < 2:
         yield list, None
@@ -100,6 +105,7 @@ def dask_workers(count: int, work: Path) -> Iterator[tuple[Callable[[], list[flo
     import dask
     from distributed import Client, LocalCluster
 
+    from tasks.store.repository import shift_clock
     from tests.support.prefect_server import prefect_server
 
     # One Prefect server for every process: without it each worker would start its own ephemeral
@@ -117,6 +123,8 @@ def dask_workers(count: int, work: Path) -> Iterator[tuple[Callable[[], list[flo
             Client(cluster) as client,
         ):
             os.environ["RENEWALS_DASK_ADDRESS"] = cluster.scheduler_address
+            # The shards judge send windows on the workers: their clocks run as this process's does.
+            client.run(shift_clock, clock)
             together = TogetherPeak()
             try:
                 yield (lambda: sorted(client.run(peak_rss_mb).values())), together
@@ -209,6 +217,7 @@ def main() -> None:
         default=1,
         help="run the shards side by side on a local Dask cluster of this many worker processes",
     )
+    parser.add_argument("--at", default="10:00", type=send_clock.hour, metavar="HH:MM", help=send_clock.HELP)
     args = parser.parse_args()
     if args.workers > 1 and args.shards < 2:
         parser.error("--workers needs --shards 2 or more")
@@ -233,7 +242,8 @@ def main() -> None:
                 "PREFECT_HOME": str(work / "prefect"),
             }
         )
-        with dask_workers(args.workers, work) as (workers_rss, together):
+        clock = send_clock.pin_hour(args.at)
+        with dask_workers(args.workers, work, clock) as (workers_rss, together):
             # Imported once the cluster is up: Prefect reads PREFECT_API_URL on import, the runtime
             # RENEWALS_DASK_ADDRESS once per process.
             from flows.renewal_cycle import renewal_cycle
@@ -268,7 +278,7 @@ def main() -> None:
     ]
     print(
         f"\nRenewal cycle benchmark: {args.customers:,} customers, seed {args.seed}, "
-        f"as of {as_of}, PostgreSQL, {args.shards} shard(s)"
+        f"as of {as_of}, {send_clock.described(args.at)}, PostgreSQL, {args.shards} shard(s)"
         + (f" on {args.workers} Dask worker processes" if args.workers > 1 else "")
     )
     print(f"source rows: {', '.join(f'{k} {v:,}' for k, v in source_rows.items())} (total {total_rows:,})")

@@ -5,8 +5,9 @@
 One run, one SQLite store in a temp dir, Prefect's ephemeral API. First the real `renewal_cycle` flow
 runs over a generated demo portfolio sized for about N messages; the real design's time is the sum of
 its plan, consent-gate, render and dispatch stages (the flow summary's `seconds`, Prefect start-up and
-extract..segment left out). Then the messages that cycle sent are sent again the naive way, each under
-a new key in the same store and to its own outbox directory:
+extract..segment left out), with the clock at --at (10:00 UTC today unless told otherwise; the gate's
+send windows decide how many go out). Then the messages that cycle sent are sent again the naive way,
+each under a new key in the same store and to its own outbox directory:
 
 - sequential: five @task calls per message (check consent, render, insert, send, mark sent);
 - submitted: the same five tasks per message with `.submit()`, each fed the previous one's future, on
@@ -69,6 +70,7 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
 WORK = Path(tempfile.mkdtemp(prefix="renewals-naive-"))
 os.environ["PREFECT_HOME"] = str(WORK / "prefect")
 
+import send_clock  # noqa: E402
 from prefect import flow, task  # noqa: E402
 from prefect.futures import PrefectFuture, wait  # noqa: E402
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
@@ -478,6 +480,7 @@ def main() -> None:
         "--cold", action="store_true", help="no warm-up dry run: the real stages pay first-use costs"
     )
     parser.add_argument("--skip-sequential", action="store_true", help="leave out the slowest variant")
+    parser.add_argument("--at", default="10:00", type=send_clock.hour, metavar="HH:MM", help=send_clock.HELP)
     args = parser.parse_args()
 
     import prefect
@@ -504,6 +507,7 @@ def main() -> None:
     from flows.renewal_cycle import renewal_cycle
 
     upgrade(get_runtime().engine)
+    send_clock.pin_hour(args.at)
     if not args.cold:
         # The naive variants run after the real cycle, with templates compiled, Babel data and holiday
         # calendars loaded and every module imported; a dry run of the same day gives the real stages
@@ -552,7 +556,10 @@ def main() -> None:
         results.append((label, out))
     get_runtime().close()
 
-    print(f"\nNaive vs real design: {customers:,} customers, seed {args.seed}, as of {as_of}, SQLite")
+    print(
+        f"\nNaive vs real design: {customers:,} customers, seed {args.seed}, as of {as_of}, SQLite, "
+        f"{send_clock.described(args.at)}"
+    )
     print(
         f"machine: {os.cpu_count()} cores ({platform.machine()}), Python {platform.python_version()}, "
         f"prefect {prefect.__version__}, sqlalchemy {sqlalchemy.__version__}; Prefect ephemeral API"

@@ -32,7 +32,15 @@ from tasks.domain.contract import CONTRACT, Entity
 from tasks.domain.segmentation import OPEN
 from tasks.domain.shards import Shard
 from tasks.store import schema as s
-from tasks.store.bulk import SyncStats, insert_frame, insert_new, read_frame, sync_frame, update_frame
+from tasks.store.bulk import (
+    SyncStats,
+    executemany,
+    insert_frame,
+    insert_new,
+    read_frame,
+    sync_frame,
+    update_frame,
+)
 from tasks.store.columns import is_in, read_columns
 from tasks.store.sharding import in_shard
 
@@ -45,9 +53,19 @@ ENTITY_TABLES = {
 }
 
 
+# Zero except in benchmarks (`shift_clock`); never read from settings or the environment, so no
+# deployment can move the clock the consent gate's send windows are judged by.
+_clock_offset = [timedelta(0)]
+
+
 def utcnow() -> datetime:
     """Return the current time in UTC."""
-    return datetime.now(UTC)
+    return datetime.now(UTC) + _clock_offset[0]
+
+
+def shift_clock(offset: timedelta) -> None:
+    """Make `utcnow` in this process run `offset` ahead of the wall clock (benchmarks pin the hour)."""
+    _clock_offset[0] = offset
 
 
 def audit(
@@ -840,6 +858,9 @@ def settle_messages(conn: Connection, rows: Sequence[tuple[Any, ...]], now: date
         result = conn.exec_driver_sql(sql, (now, *columns))
         return int(result.rowcount)
     sending = m.c.status == "sending"
+    # Typed: a value bound inside CASE takes no type from the column, so sqlite3 stored the timestamp in
+    # its own text form (with an offset) beside every other one, and SQLite compares them as text.
+    sent_at = bindparam("v_sent_at", type_=m.c.sent_at.type)
     stmt = (
         update(m)
         .where(m.c.message_key == bindparam("k"))
@@ -847,15 +868,13 @@ def settle_messages(conn: Connection, rows: Sequence[tuple[Any, ...]], now: date
             {c: bindparam(f"v_{c}") for c in SETTLE_COLUMNS[2:-1]}
             | {
                 "updated_at": now,
-                "status": case((sending, bindparam("v_status")), else_=m.c.status),
-                "sent_at": case((sending, bindparam("v_sent_at")), else_=m.c.sent_at),
+                "status": case((sending, bindparam("v_status", type_=m.c.status.type)), else_=m.c.status),
+                "sent_at": case((sending, sent_at), else_=m.c.sent_at),
             }
         )
     )
-    params = [
-        {"k": r[0], **{f"v_{c}": v for c, v in zip(SETTLE_COLUMNS[1:], r[1:], strict=True)}} for r in rows
-    ]
-    return int(conn.execute(stmt, params).rowcount)
+    names = ["k", *(f"v_{c}" for c in SETTLE_COLUMNS[1:])]
+    return executemany(conn, stmt, dict(zip(names, zip(*rows, strict=True), strict=True)))
 
 
 def pending_messages(conn: Connection, keys: Sequence[str]) -> pd.DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -14,6 +15,8 @@ from tasks.domain.contract import Entity
 from tasks.sources.validation import validate_all
 from tasks.store import schema as s
 from tasks.store.bulk import insert_frame, read_frame
+from tasks.store.engine import make_engine
+from tasks.store.migrate import upgrade
 from tasks.store.repository import append_consents, sync_customers, sync_entity
 from tests.fakes.senders import FakeSender, ProcessKilled
 from tests.support.factories import markets, raw_set
@@ -71,6 +74,41 @@ def test_every_rendered_message_is_sent_once(engine: Engine) -> None:
     assert len({m.message_key for m in sender.sent}) == len(sender.sent) == 25
     assert _statuses(engine).to_dict() == {"sent": 25}
     assert dispatch_cycle(engine, 1, {"email": sender}, MARKETS, KEY, batch_size=10)["sent"] == 0
+
+
+def test_send_times_are_stored_on_sqlite_as_text_of_the_same_form_as_every_other_timestamp(
+    sqlite_engine: Engine,
+) -> None:
+    _seed(sqlite_engine, 3)
+    assert dispatch_cycle(sqlite_engine, 1, {"email": FakeSender()}, MARKETS, KEY, 10)["sent"] == 3
+    with sqlite_engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT sent_at, updated_at FROM messages").all()
+    # The send is settled at one moment; SQLite compares timestamps as text, so the forms must agree.
+    assert [sent for sent, _ in stored] == [updated for _, updated in stored]
+
+
+def test_send_times_stored_with_an_offset_by_earlier_versions_are_rewritten_in_the_same_form(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(engine, "0006")
+    _seed(engine, 3)
+    with engine.begin() as conn:
+        for key, stored in zip(
+            sorted(conn.execute(select(s.messages.c.message_key)).scalars()),
+            ["2026-11-24 00:05:39.745956+00:00", "2026-11-24 00:05:39+00:00", "2026-11-24 00:05:40.000001"],
+            strict=True,
+        ):
+            conn.exec_driver_sql("UPDATE messages SET sent_at = ? WHERE message_key = ?", (stored, key))
+    upgrade(engine)
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT sent_at FROM messages ORDER BY message_key").scalars().all()
+    engine.dispose()
+    assert stored == [
+        "2026-11-24 00:05:39.745956",
+        "2026-11-24 00:05:39.000000",
+        "2026-11-24 00:05:40.000001",
+    ]
 
 
 def test_a_run_killed_mid_batch_is_finished_by_the_rerun_without_resending(engine: Engine) -> None:
