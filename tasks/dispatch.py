@@ -284,7 +284,11 @@ def _recheck(
             insert_decisions(
                 conn,
                 decision_rows(
-                    batch, decisions.loc[decisions["message_key"].isin(held["message_key"])], cycle_id, "send"
+                    batch,
+                    decisions.loc[decisions["message_key"].isin(held["message_key"])],
+                    cycle_id,
+                    "send",
+                    now,
                 ),
             )
             status = pd.Series("blocked", index=held.index)
@@ -313,7 +317,7 @@ def _recheck(
             labels = decisions.loc[decisions["message_key"].isin(unlabelled)].assign(
                 outcome=Outcome.BLOCKED.value, reason=Reason.MISSING_LABEL.value, rule_ids="VN-01,SG-02"
             )
-            insert_decisions(conn, decision_rows(batch, labels, cycle_id, "send"))
+            insert_decisions(conn, decision_rows(batch, labels, cycle_id, "send", now))
             set_status(conn, pd.DataFrame({"message_key": unlabelled, "status": "blocked"}), now)
             tally["blocked_at_send"] += len(unlabelled)
     return set(held["message_key"]) | set(unlabelled), tally

@@ -301,10 +301,12 @@ def decide_for(
     return decisions_frame(decisions, version), version
 
 
-def decision_rows(messages: pd.DataFrame, decisions: pd.DataFrame, cycle_id: int, stage: str) -> pd.DataFrame:
-    """Return decision rows ready to store."""
+def decision_rows(
+    messages: pd.DataFrame, decisions: pd.DataFrame, cycle_id: int, stage: str, decided_at: datetime
+) -> pd.DataFrame:
+    """Return decision rows ready to store, stamped with the time the rules were judged at."""
     df = decisions.merge(messages[["message_key", "customer_key", "channel", "purpose"]], on="message_key")
-    return df.assign(cycle_id=cycle_id, stage=stage, decided_at=utcnow())
+    return df.assign(cycle_id=cycle_id, stage=stage, decided_at=decided_at)
 
 
 def gate_messages(
@@ -320,7 +322,7 @@ def gate_messages(
     if messages.empty:
         return {"decided": 0, "by_outcome": {}, "by_reason": {}, "by_status": {}, "policy_version": ""}
     decisions, version = decide_for(conn, messages, markets, hash_key, now)
-    insert_decisions(conn, decision_rows(messages, decisions, cycle_id, stage))
+    insert_decisions(conn, decision_rows(messages, decisions, cycle_id, stage, now))
     ordered = messages.set_index("message_key").loc[decisions["message_key"]].reset_index()
     status = choose_channels(ordered, decisions)
     set_status(

@@ -62,3 +62,24 @@ def test_a_send_after_erasure_is_counted(engine: Engine) -> None:
     with engine.connect() as conn:
         _, anomalies = audit_period(conn, *WINDOW)
     assert anomalies.set_index("check")["count"]["sent to a customer after their erasure"] >= 1
+
+
+def test_decisions_carry_the_time_the_gate_judged_them_at_so_the_audit_period_finds_them(
+    engine: Engine,
+) -> None:
+    pipe = Pipeline(engine)
+    pipe.load(
+        raw_set(
+            customers=[{"customer_key": "C0", "email": "c0@example.com"}],
+            contracts=[
+                {"contract_key": "K0", "customer_key": "C0", "term_end": str(AS_OF + timedelta(days=30))}
+            ],
+        )
+    )
+    judged = datetime(2031, 3, 4, 10, 0, tzinfo=UTC)
+    pipe.cycle(AS_OF, now=judged)
+    with engine.connect() as conn:
+        stamps = [row[0] for row in conn.execute(text("SELECT decided_at FROM decisions"))]
+        grouped, _ = audit_period(conn, judged, judged + timedelta(seconds=1))
+    assert stamps and {str(s)[:19] for s in stamps} == {"2031-03-04 10:00:00"}
+    assert grouped["decisions"].sum() == len(stamps)
