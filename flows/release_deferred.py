@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow
@@ -13,13 +12,14 @@ from tasks.dispatch import dispatch
 from tasks.gate import release
 from tasks.render import render
 from tasks.runtime import get_runtime
+from tasks.store.repository import utcnow
 
 
 @flow(name="release-deferred")
 def release_deferred(markets: list[str] | None = None) -> dict[str, Any]:
     """Release, render and send every deferred message that is due now (all playbooks)."""
     protect_run({"markets": markets})
-    now = datetime.now(UTC)
+    now = utcnow()
     cycle_id = open_release(now.date(), markets)
     stages: dict[str, Any] = {"consent-gate": release(cycle_id, markets)}
     stages["render"] = render(cycle_id, now.date())

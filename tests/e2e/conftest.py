@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from uuid import UUID
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.objects import Log
 from prefect.logging.handlers import APILogWorker
 from prefect.testing.utilities import prefect_test_harness
 
@@ -19,6 +24,7 @@ from tasks.sources.demo_data import generate_portfolio, write_portfolio
 from tasks.store.engine import make_engine
 from tasks.store.migrate import upgrade
 from tests.conftest import ROOT
+from tests.support.clock import pinned_clock
 
 AS_OF = date(2026, 11, 22)
 
@@ -57,6 +63,13 @@ def wire(tmp_path: Path, database_url: str, customers: int = 1500, seed: int = 7
     return Portfolio(source, outbox, database_url, dict(frames))
 
 
+@pytest.fixture(autouse=True)
+def clock_at_ten() -> Iterator[None]:
+    """Judge send windows at 10:00 UTC today, so reruns and sharded runs decide as the first run did."""
+    with pinned_clock(10):
+        yield
+
+
 @pytest.fixture
 def unwire() -> Iterator[None]:
     """Drop the environment and runtime a test wired up."""
@@ -69,3 +82,24 @@ def unwire() -> Iterator[None]:
 def flush_logs() -> None:
     """Push buffered run logs to the API so tests can read them."""
     APILogWorker.drain_all(timeout=10)
+
+
+def run_logs(flow_run_id: UUID, timeout: float = 120.0) -> list[str]:
+    """Return a flow run's log messages once its closing line has reached the API (or `timeout` passed)."""
+    flush_logs()
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            logs: list[Log] = []
+            while page := client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=200,
+                offset=len(logs),
+            ):
+                logs += page
+            closed = any(
+                log.task_run_id is None and log.message.startswith("Finished in state") for log in logs
+            )
+            if closed or time.monotonic() > deadline:
+                return [log.message for log in logs]
+            time.sleep(0.2)

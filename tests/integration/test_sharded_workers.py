@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy import create_engine, text
 from config.loader import load_markets
 from tasks.domain.shards import shard_of
 from tasks.sources.demo_data import generate_portfolio, write_portfolio
+from tests.support.clock import pinned_clock
 from tests.support.factories import ROOT
 from tests.support.postgres import scratch_database
 from tests.support.prefect_server import prefect_server
@@ -108,6 +110,8 @@ def test_workers_share_the_shards_and_the_summary_equals_the_unsharded_run(
     frames = generate_portfolio(900, 3, date.fromisoformat(AS_OF), load_markets(ROOT / "config"))
     write_portfolio(frames, source, "csv")
     with (
+        # The workers' flow runs are processes of their own: the pin reaches them through the environment.
+        pinned_clock(10) as ten,
         prefect_server(tmp_path / "prefect") as api,
         scratch_database(pg_admin_dsn) as whole_url,
         scratch_database(pg_admin_dsn) as split_url,
@@ -156,6 +160,8 @@ def test_workers_share_the_shards_and_the_summary_equals_the_unsharded_run(
         }
         messages = "SELECT message_key, customer_key, channel, status FROM messages"
         assert _rows(split_url, messages) == _rows(whole_url, messages)
+        ((first, last),) = _rows(split_url, "SELECT min(sent_at), max(sent_at) FROM messages")
+        assert ten <= first <= last < ten + timedelta(hours=1), "the shards ran on the pinned clock"
         finished = _rows(
             split_url, "SELECT subject_key, details FROM audit_log WHERE action = 'shard.finished'"
         )
