@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
-    LogFilter,
-    LogFilterFlowRunId,
 )
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
@@ -26,7 +23,7 @@ from flows.cli import app
 from flows.consent_audit import consent_audit
 from flows.renewal_cycle import renewal_cycle
 from tasks.domain.contract import Entity
-from tests.e2e.conftest import AS_OF, Portfolio, flush_logs, wire
+from tests.e2e.conftest import AS_OF, Portfolio, run_logs, wire
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness", "unwire")]
 
@@ -66,15 +63,13 @@ EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
 
 
 def _run_texts(flow_run_id: UUID) -> list[str]:
-    flush_logs()
-    time.sleep(1)
+    logs = run_logs(flow_run_id)
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
         run = client.read_flow_run(flow_run_id)
-    texts = [log.message for log in logs]
+    texts = list(logs)
     texts += [json.dumps(a.data, default=str) if not isinstance(a.data, str) else a.data for a in artifacts]
     texts.append(json.dumps(run.parameters, default=str))
     texts.append(run.name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,8 +12,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
-    LogFilter,
-    LogFilterFlowRunId,
 )
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
@@ -24,7 +21,7 @@ from flows.renewal_cycle import renewal_cycle
 from flows.train_risk_models import train_risk_models
 from tasks.domain.contract import Entity
 from tasks.train_models import load_history_for_training
-from tests.e2e.conftest import AS_OF, flush_logs, wire
+from tests.e2e.conftest import AS_OF, run_logs, wire
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness", "unwire")]
 
@@ -43,14 +40,9 @@ def test_training_promotes_both_models_and_the_next_cycle_scores_with_the_renewa
     renewal, repayment = result["renewal"], result["repayment"]
     assert (renewal["status"], repayment["status"]) == ("active", "active")
     assert renewal["roc_auc"] > renewal["scorecard_roc_auc"]
-    flush_logs()
-    time.sleep(1)
     run_id = state.state_details.flow_run_id
+    logs = run_logs(run_id)
     with get_client(sync_client=True) as client:
-        logs = [
-            log.message
-            for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-        ]
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
         )

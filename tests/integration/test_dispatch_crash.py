@@ -89,7 +89,7 @@ class Stack:
     def __init__(self, twilio: FakeTwilio, sendgrid: FakeSendGrid, webhooks: str, db: str) -> None:
         self.twilio, self.sendgrid, self.webhooks, self.db = twilio, sendgrid, webhooks, db
 
-    def worker(self, batch: int = 200) -> subprocess.Popen[str]:
+    def worker(self, batch: int = 200, *extra: str) -> subprocess.Popen[str]:
         """Start a dispatch process."""
         args = [
             sys.executable,
@@ -105,6 +105,7 @@ class Stack:
             self.webhooks,
             "--batch",
             str(batch),
+            *extra,
         ]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         return subprocess.Popen(
@@ -175,10 +176,11 @@ def test_a_dispatch_killed_mid_way_and_rerun_sends_every_message_exactly_once(
 
 @pytest.mark.timeout(600)
 def test_two_dispatchers_draining_one_cycle_never_send_the_same_message_twice(
-    pg_engine: Engine, stack: Stack
+    pg_engine: Engine, stack: Stack, tmp_path: Path
 ) -> None:
     addresses = _seed(pg_engine, 3000)
-    workers = [stack.worker(batch=100), stack.worker(batch=100)]
+    together = ("--start-together", str(tmp_path / "ready"), "--parties", "2")
+    workers = [stack.worker(100, *together), stack.worker(100, *together)]
     results = []
     for worker in workers:
         out, err = worker.communicate(timeout=400)

@@ -170,8 +170,9 @@ def test_a_retry_after_beyond_the_cap_is_left_for_the_next_run(platform: FakeRew
 
 
 def test_a_slow_answer_times_out_and_the_resend_is_deduplicated(platform: FakeRewardsPlatform) -> None:
-    platform.script(Reply.accept(delay=0.6))
-    hook, sleeps = client(platform, timeout=0.2)
+    # Only the first answer is slow; the retry has a whole second, time enough on a loaded machine.
+    platform.script(Reply.accept(delay=5.0))
+    hook, sleeps = client(platform, timeout=1.0)
 
     [result] = hook.fulfil([grant()])
 

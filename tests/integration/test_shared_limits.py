@@ -350,7 +350,8 @@ def test_a_limit_gone_after_the_check_gives_back_every_claim_and_a_rerun_sends_e
     twilio, sendgrid = fakes
     _seed_sms(pg_engine, 300)
     db = pg_engine.url.render_as_string(hide_password=False)
-    settings = worker_settings(db, twilio.base_url, sendgrid.base_url, WEBHOOKS, 200.0, True, "gone-test")
+    # 50/s: the 260 messages after the first 40 take five seconds, time enough for a busy server to delete.
+    settings = worker_settings(db, twilio.base_url, sendgrid.base_url, WEBHOOKS, 50.0, True, "gone-test")
     assert _ensure(prefect_api, **_worker_env(settings)).returncode == 0
 
     sms = shared_limit(settings, "sms").name
@@ -379,7 +380,7 @@ def test_a_limit_gone_after_the_check_gives_back_every_claim_and_a_rerun_sends_e
 
     assert _ensure(prefect_api, **_worker_env(settings)).returncode == 0
     rerun = _worker(
-        prefect_api, db, twilio, sendgrid, "--shared-limits", "--rate", "200", "--limit-prefix", "gone-test"
+        prefect_api, db, twilio, sendgrid, "--shared-limits", "--rate", "50", "--limit-prefix", "gone-test"
     )
     out, err = rerun.communicate(timeout=200)
     assert rerun.returncode == 0, err[-3000:]
@@ -390,7 +391,7 @@ def test_a_limit_gone_after_the_check_gives_back_every_claim_and_a_rerun_sends_e
 @pytest.mark.postgres
 @pytest.mark.timeout(300)
 def test_two_dispatchers_sharing_a_limit_never_exceed_the_ceiling_together_and_send_each_message_once(
-    prefect_api: str, pg_engine: Engine, fakes: tuple[FakeTwilio, FakeSendGrid]
+    prefect_api: str, pg_engine: Engine, fakes: tuple[FakeTwilio, FakeSendGrid], tmp_path: Path
 ) -> None:
     twilio, sendgrid = fakes
     n, rate = 600, 100.0
@@ -400,7 +401,8 @@ def test_two_dispatchers_sharing_a_limit_never_exceed_the_ceiling_together_and_s
     ensured = _ensure(prefect_api, **_worker_env(settings))
     assert ensured.returncode == 0, ensured.stderr[-3000:]
     shared = ("--shared-limits", "--rate", f"{rate:g}", "--limit-prefix", "two-test", "--batch", "50")
-    workers = [_worker(prefect_api, db, twilio, sendgrid, *shared) for _ in range(2)]
+    together = ("--start-together", str(tmp_path / "ready"), "--parties", "2")
+    workers = [_worker(prefect_api, db, twilio, sendgrid, *shared, *together) for _ in range(2)]
     results = []
     for worker in workers:
         out, err = worker.communicate(timeout=240)

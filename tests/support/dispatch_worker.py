@@ -2,14 +2,17 @@
 
 python -m tests.support.dispatch_worker --db URL --twilio URL --sendgrid URL --webhooks URL --cycle 1
     [--shared-limits --rate 100 --limit-prefix renewals-rate]   (with PREFECT_API_URL in the environment)
+    [--start-together DIR --parties N]   (wait, ready to send, until N workers are ready in DIR)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from config.settings import SendMode, Settings
@@ -51,6 +54,17 @@ def worker_settings(
     )
 
 
+def start_together(folder: Path, parties: int, timeout: float = 300.0) -> None:
+    """Say this worker is ready and wait until `parties` are: importing alone takes seconds here."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{os.getpid()}.ready").touch()
+    deadline = time.monotonic() + timeout
+    while len(list(folder.glob("*.ready"))) < parties:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {len(list(folder.glob('*.ready')))} of {parties} workers got ready")
+        time.sleep(0.05)
+
+
 def main() -> None:
     """Dispatch one cycle to the fakes and print the stats as JSON."""
     parser = argparse.ArgumentParser()
@@ -63,6 +77,8 @@ def main() -> None:
     parser.add_argument("--shared-limits", action="store_true", help="share the ceiling via Prefect limits")
     parser.add_argument("--limit-prefix", default="renewals-rate")
     parser.add_argument("--concurrency", type=int, default=8, help="Twilio calls in flight")
+    parser.add_argument("--start-together", type=Path, help="folder where workers say they are ready")
+    parser.add_argument("--parties", type=int, default=1, help="workers to wait for in --start-together")
     args = parser.parse_args()
     settings = worker_settings(
         args.db,
@@ -76,6 +92,8 @@ def main() -> None:
     )
     runtime = Runtime(settings)
     senders = {c: runtime.sender(c) for c in ("email", "sms", "whatsapp")}
+    if args.start_together is not None:
+        start_together(args.start_together, args.parties)
     stats = dispatch_cycle(
         runtime.engine,
         args.cycle,

@@ -105,9 +105,11 @@ def test_processes_sharing_a_limit_never_start_more_than_the_rate_in_any_second(
     assert heaviest_window(starts) <= rate
     # Every start spent a permit the global limit granted.
     assert sum(u for _, u in starts) <= sum(n for _, n in fake.grants)
-    # And the ceiling is used, not merely respected: on average close to the decay, the long-run share.
+    # And the ceiling is used, not merely respected. The virtual clock adds up every thread's sleeps, so how
+    # the threads interleave stretches the span: 0.87-1.0 of the decay normally, down to 0.64 with a thread
+    # switch every microsecond; half would mean a limiter that waits twice as long as it must.
     span = max(t for t, _ in starts) - min(t for t, _ in starts)
-    assert sum(u for _, u in starts) / span >= 0.75 * shared.slot_decay_per_second
+    assert sum(u for _, u in starts) / span >= 0.5 * shared.slot_decay_per_second
 
 
 def test_the_planned_limit_keeps_any_second_under_the_rate_with_room_to_spare() -> None:
