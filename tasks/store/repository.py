@@ -23,6 +23,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -759,17 +760,17 @@ def claim_batch(
     owner: int | None = None,
     shard: Shard | None = None,
 ) -> pd.DataFrame:
-    """Move up to `limit` rendered messages to `sending` and return them with their addresses.
+    """Move about `limit` rendered messages to `sending`, whole customers at a time, and return them.
 
+    Customers are taken in key order and the last one's other messages come along, so a customer's
+    messages fall in one batch: one unsettled while the next was re-checked would make dispatch wait
+    for its settle and re-check the customer again (frequency caps count sent messages).
     On PostgreSQL this is one statement: the rows are locked with SKIP LOCKED, so concurrent
     dispatchers never claim the same message, and the claimed rows come back through RETURNING.
     """
     m, cust = s.messages, s.customers
-    pick = (
-        select(m.c.message_key)
-        .where(m.c.cycle_id == cycle_id, m.c.status == "rendered", in_shard(m.c.customer_key, shard))
-        .limit(limit)
-    )
+    waiting = and_(m.c.cycle_id == cycle_id, m.c.status == "rendered", in_shard(m.c.customer_key, shard))
+    first = select(m.c.message_key, m.c.customer_key).where(waiting).order_by(m.c.customer_key).limit(limit)
     claim = {
         "status": "sending",
         "claimed_at": now,
@@ -779,8 +780,17 @@ def claim_batch(
     }
     names = [*CLAIM_COLUMNS, *CLAIM_CUSTOMER_COLUMNS]
     if conn.dialect.name == "postgresql":
-        # MATERIALIZED: the locking pick runs once, never re-evaluated inside the UPDATE's join.
-        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        # MATERIALIZED: each locking pick runs once, never re-evaluated inside the UPDATE's join.
+        head = first.with_for_update(skip_locked=True).cte("head").prefix_with("MATERIALIZED")
+        last = select(func.max(head.c.customer_key)).scalar_subquery()
+        tail = (
+            select(m.c.message_key)
+            .where(waiting, m.c.customer_key == last)
+            .with_for_update(skip_locked=True)
+            .cte("tail")
+            .prefix_with("MATERIALIZED")
+        )
+        picked = union(select(head.c.message_key), select(tail.c.message_key)).cte("picked")
         claimed = (
             update(m)
             .where(m.c.message_key == picked.c.message_key)
@@ -792,9 +802,14 @@ def claim_batch(
             *(claimed.c[c] for c in CLAIM_COLUMNS), *(cust.c[c] for c in CLAIM_CUSTOMER_COLUMNS)
         ).join_from(claimed, cust, cust.c.customer_key == claimed.c.customer_key)
         return pd.DataFrame.from_records(list(conn.execute(stmt).tuples()), columns=names)
-    keys = [r[0] for r in conn.execute(pick)]
-    if not keys:
+    rows = conn.execute(first).all()
+    if not rows:
         return pd.DataFrame(columns=names)
+    keys = [r[0] for r in rows]
+    if len(rows) == limit:
+        taken = set(keys)
+        rest = conn.execute(select(m.c.message_key).where(waiting, m.c.customer_key == rows[-1][1]))
+        keys += [k for (k,) in rest if k not in taken]
     conn.execute(update(m).where(m.c.message_key.in_(keys), m.c.status == "rendered").values(claim))
     stmt = (
         select(*(m.c[c] for c in CLAIM_COLUMNS), *(cust.c[c] for c in CLAIM_CUSTOMER_COLUMNS))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, select, update
 
+from tasks.channels.base import Outbound, SendResult
 from tasks.dispatch import dispatch_cycle, throttled
 from tasks.domain.contract import Entity
 from tasks.sources.validation import validate_all
@@ -26,19 +28,19 @@ KEY = b"k"
 MARKETS = markets()
 
 
-def _seed(engine: Engine, n: int) -> None:
+def _seed(engine: Engine, n: int, steps: Sequence[str] = ("T-30",)) -> None:
     customers = [{"customer_key": f"C{i:07d}", "email": f"c{i}@example.com", "phone": ""} for i in range(n)]
     contracts = [{"contract_key": f"K{i:07d}", "customer_key": f"C{i:07d}"} for i in range(n)]
     clean = validate_all(raw_set(customers=customers, contracts=contracts), markets()).clean
     rows: list[dict[str, Any]] = [
         {
-            "message_key": f"pb:K{i:07d}:20261222:T-30:email",
+            "message_key": f"pb:K{i:07d}:20261222:{step}:email",
             "cycle_id": 1,
             "playbook": "pb",
             "contract_key": f"K{i:07d}",
             "customer_key": f"C{i:07d}",
             "market": "DE",
-            "step": "T-30",
+            "step": step,
             "channel": "email",
             "rank": 0,
             "send_rule": "first",
@@ -52,12 +54,26 @@ def _seed(engine: Engine, n: int) -> None:
             "planned_at": NOW,
             "updated_at": NOW,
         }
+        for step in steps
         for i in range(n)
     ]
     with engine.begin() as conn:
         sync_customers(conn, clean[Entity.CUSTOMERS], NOW)
         sync_entity(conn, Entity.CONTRACTS, clean[Entity.CONTRACTS], NOW)
         insert_frame(conn, s.messages, pd.DataFrame(rows))
+
+
+class BatchRecorder(FakeSender):
+    """A fake sender that also keeps which messages came in which call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+
+    def send(self, batch: Sequence[Outbound]) -> list[SendResult]:
+        """Record the batch's customers, then accept it."""
+        self.batches.append([m.message_key for m in batch])
+        return super().send(batch)
 
 
 def _statuses(engine: Engine) -> pd.Series:
@@ -74,6 +90,22 @@ def test_every_rendered_message_is_sent_once(engine: Engine) -> None:
     assert len({m.message_key for m in sender.sent}) == len(sender.sent) == 25
     assert _statuses(engine).to_dict() == {"sent": 25}
     assert dispatch_cycle(engine, 1, {"email": sender}, MARKETS, KEY, batch_size=10)["sent"] == 0
+
+
+def test_a_customers_messages_are_claimed_in_one_batch_even_where_the_batch_size_would_split_them(
+    engine: Engine,
+) -> None:
+    # Planned step by step, so in the order they were stored every batch of four would mix customers.
+    _seed(engine, 7, steps=("T-30", "T-14", "T-7"))
+    sender = BatchRecorder()
+    stats = dispatch_cycle(engine, 1, {"email": sender}, MARKETS, KEY, batch_size=4)
+    assert stats["sent"] == 21
+    # One contract per customer here, and the message key names the contract.
+    customer_of = {m.message_key: m.message_key.split(":")[1] for m in sender.sent}
+    seen: list[set[str]] = [{customer_of[k] for k in batch} for batch in sender.batches]
+    assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1 :]), seen
+    # Two customers' six messages, then the next two's: about the batch size, never a customer cut in two.
+    assert [len(b) for b in sender.batches] == [6, 6, 6, 3]
 
 
 def test_send_times_are_stored_on_sqlite_as_text_of_the_same_form_as_every_other_timestamp(
