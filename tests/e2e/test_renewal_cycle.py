@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -23,6 +23,7 @@ from flows.cli import app
 from flows.consent_audit import consent_audit
 from flows.renewal_cycle import renewal_cycle
 from tasks.domain.contract import Entity
+from tasks.store.repository import utcnow
 from tests.e2e.conftest import AS_OF, Portfolio, run_logs, wire
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness", "unwire")]
@@ -114,7 +115,10 @@ def test_cycle_twice_on_postgres_sends_each_message_once(tmp_path: Path, pg_url:
     )
     assert quarantined[0] == sum(stages["validate"]["rows_quarantined"].values())
 
-    audit_summary = consent_audit(start=date(2026, 1, 1), end=date(2027, 1, 1))
+    # The run's decisions and sends carry the run's clock (pinned to today), not the as-of day.
+    today = utcnow().date()
+    audit_summary = consent_audit(start=today, end=today + timedelta(days=1))
+    assert audit_summary["decision_groups"] > 0, "the audit period holds the run's decisions"
     assert set(audit_summary["anomalies"].values()) == {0}, audit_summary["anomalies"]
 
     texts = _run_texts(first_run)
