@@ -314,5 +314,20 @@ class TestKeySet:
         probe = pd.Series(["ZZ", "BB", "AA", "QQQ", "CCC", "D", None], dtype="object")
         assert keys.contains(probe).tolist() == [False, True, True, False, True, False, False]
 
+    def test_rows_grouped_by_parent_are_found_as_rows_in_any_order(self) -> None:
+        keys = KeySet(pa.array([f"K{i:07d}" for i in range(0, 2000, 2)]))
+        rng = np.random.default_rng(7)
+        wanted = [f"K{i:07d}" for i in np.repeat(rng.integers(0, 2000, 300), rng.integers(1, 15, 300))]
+        grouped = pd.Series(wanted, dtype="str")
+        shuffled = grouped.sample(frac=1, random_state=3).reset_index(drop=True)
+        for probe in (grouped, shuffled):
+            expected = [int(k[1:]) % 2 == 0 for k in probe]
+            assert keys.contains(probe).tolist() == expected
+
+    def test_a_run_of_equal_hashes_is_confirmed_row_by_row(self) -> None:
+        keys = _Colliding(pa.array(["AA", "CCC"]))
+        probe = pd.Series(["AA", "AA", "BB", "AA", "ZZ", "ZZ", "CCC", "DDD", "CCC"], dtype="object")
+        assert keys.contains(probe).tolist() == [True, True, False, True, False, False, True, False, True]
+
     def test_an_empty_set_finds_nothing(self) -> None:
         assert KeySet(pa.array([], type=pa.string())).contains(pd.Series(["A"])).tolist() == [False]
