@@ -86,8 +86,6 @@ def load_staged(
     """
     handoff = validated if isinstance(validated, Handoff) else Handoff.of(validated)
     now = utcnow()
-    # The type pandas gives `now` in a column, so both readers write the same text.
-    loaded_at = pa.scalar(now, pa.timestamp("us", "UTC"))
     stats: dict[str, Any] = {}
     for chunks in handoff.entities():
         entity = chunks.entity
@@ -102,9 +100,9 @@ def load_staged(
 
             def customers(i: int, columns: list[str] | None, paths: tuple[str, ...] = paths) -> pd.DataFrame:
                 frame = read_clean(paths[i], columns=columns)
-                return frame if columns else customer_rows(suppressed_addresses(conn, frame, hash_key), now)
+                return frame if columns else customer_rows(suppressed_addresses(conn, frame, hash_key))
 
-            sync = sync_customer_chunks(conn, len(paths), customers)
+            sync = sync_customer_chunks(conn, len(paths), customers, now)
         elif entity is Entity.CONSENTS:
             append = ConsentAppend(conn, now)
             for path in chunks.all():
@@ -113,15 +111,13 @@ def load_staged(
         else:
 
             def rows(i: int, columns: list[str] | None, chunks: EntityChunks = chunks) -> pd.DataFrame:
-                frame = read_clean(chunks[i], columns=columns)
-                return frame if columns else frame.assign(loaded_at=now)
+                return read_clean(chunks[i], columns=columns)
 
             def arrow_rows(i: int, chunks: EntityChunks = chunks) -> pa.Table:
-                data = read_clean_arrow(chunks[i])
-                return data.append_column("loaded_at", pa.repeat(loaded_at, data.num_rows))
+                return read_clean_arrow(chunks[i])
 
             # Chunk by chunk as validate writes them.
-            sync = sync_entity_chunks(conn, entity, chunks.indices(), rows, arrow_rows)
+            sync = sync_entity_chunks(conn, entity, chunks.indices(), rows, now, arrow_rows)
         stats[entity.value] = _counts(sync)
     result = handoff.result()
     stats["quarantine_entries"] = sum(
