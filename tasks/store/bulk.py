@@ -132,13 +132,25 @@ def _scalar_default(name: str, default: Any) -> Any:
     return default.arg
 
 
+def _days(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Return times without a zone as their days (a date column's values, written as YYYY-MM-DD)."""
+    # PostgreSQL reads "2026-11-13" for a date faster than "2026-11-13 00:00:00.000000": a COPY of
+    # 1.5M instalment rows with two dates took 1.45 s against 1.80 s. Unsafe: a time of day is dropped,
+    # as PostgreSQL itself drops it from the longer text.
+    return values.cast(pa.date32(), safe=False)
+
+
 def _arrow_rows(df: pd.DataFrame, table: Table) -> pa.Table:
     """Return the rows typed as `table`'s columns, as the Arrow table the CSV is written from."""
     typed = _typed(df, table)
     for name in typed.columns:
         if typed[name].dtype == object:
             typed[name] = typed[name].astype("string[pyarrow]")
-    return pa.Table.from_pandas(typed, preserve_index=False)
+    rows = pa.Table.from_pandas(typed, preserve_index=False)
+    for i, name in enumerate(rows.column_names):
+        if isinstance(table.c[name].type, Date) and pa.types.is_timestamp(rows.schema.field(i).type):
+            rows = rows.set_column(i, name, _days(rows.column(i)))
+    return rows
 
 
 def _write_csv(rows: pa.Table) -> bytes:
@@ -164,7 +176,7 @@ def _cast(values: pa.ChunkedArray, col_type: Any) -> pa.ChunkedArray | None:
         text = values.cast(pa.timestamp(kind.unit)).cast(pa.string())
         return pc.binary_join_element_wise(text, "Z", "")
     if isinstance(col_type, Date) and pa.types.is_timestamp(kind) and kind.tz is None:
-        return values.cast(pa.timestamp("us"))
+        return _days(values)
     if isinstance(col_type, Boolean) and pa.types.is_boolean(kind):
         return values
     if isinstance(col_type, Integer) and pa.types.is_integer(kind):

@@ -64,6 +64,19 @@ class TestArrowPayload:
         )
         assert _same_values(rows, s.contracts)
 
+    def test_dates_are_written_as_the_day_alone(self) -> None:
+        rows = pa.table(
+            {
+                "contract_key": ["K1", "K2", "K3"],
+                "start_date": pa.array(
+                    [datetime(2024, 1, 31), None, datetime(1969, 12, 31, 12, 0)], pa.timestamp("ns")
+                ),
+            }
+        )
+        values = _values(arrow_payload(rows, s.contracts), 2)
+        assert values.column("c1").to_pylist() == ["2024-01-31", None, "1969-12-31"]
+        assert _same_values(rows, s.contracts)
+
     def test_empty_text_stays_distinct_from_missing(self) -> None:
         rows = pa.table({"customer_key": ["C1", "C2"], "email": ["", None], "region": pa.nulls(2)})
         payload = arrow_payload(rows, s.customers)
