@@ -494,8 +494,7 @@ def _lower_domain(emails: pd.Series) -> pd.Series:
     """Return each address with the part after its last '@' in lower case (None where there is no '@')."""
     # In Arrow: splitting a million addresses into Python lists took four seconds. Domains that pass
     # the address check are ASCII, so ASCII lower case is the whole of it.
-    strings = pa.array(emails.to_numpy(dtype=object), type=pa.string(), from_pandas=True)
-    parts = pc.extract_regex(strings, r"(?s)^(?P<local>.*)@(?P<domain>[^@]*)$")
+    parts = pc.extract_regex(_arrow_strings(emails), r"(?s)^(?P<local>.*)@(?P<domain>[^@]*)$")
     joined = pc.binary_join_element_wise(
         pc.struct_field(parts, [0]), pc.ascii_lower(pc.struct_field(parts, [1])), "@"
     )
