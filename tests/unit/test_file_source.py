@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
+import random
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +13,7 @@ import pytest
 
 from tasks.domain.contract import ENTITY_ORDER, Entity
 from tasks.sources.files import (
+    arrow_parse,
     check_directory,
     iter_entity_file,
     read_csv_entity,
@@ -193,6 +196,93 @@ class TestChunkedReading:
         pd.read_csv(path, dtype=str).drop(columns=["status"]).to_csv(path, index=False)
         with pytest.raises(SourceError, match=r"consents\.csv: missing required column status"):
             check_directory(source_dir)
+
+
+def _pandas_read(data: bytes) -> pd.DataFrame | None:
+    """Read CSV bytes as the connector's pandas path does; None when pandas refuses them."""
+    try:
+        frame = pd.read_csv(
+            io.BytesIO(data), encoding="utf-8", dtype=str, keep_default_na=False, na_values=[]
+        )
+    except (pd.errors.ParserError, ValueError):
+        return None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _names(data: bytes) -> list[str]:
+    header = data.decode().splitlines()[0] + "\n"
+    return [str(c) for c in pd.read_csv(io.StringIO(header), dtype=str).columns]
+
+
+def _same(arrow: pd.DataFrame, pandas: pd.DataFrame | None) -> bool:
+    return (
+        pandas is not None
+        and list(arrow.columns) == list(pandas.columns)
+        and list(arrow.dtypes) == list(pandas.dtypes)
+        and arrow.astype(object).values.tolist() == pandas.astype(object).values.tolist()
+    )
+
+
+class TestArrowReading:
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "a,b\n1,2\n3,4\n",
+            "a,b\n1,\n,\n ,  x \n",
+            "a,b\r\n1,2\r\n\r\n3,4",
+            "a,b\n\n\nLucía,Ruiz Rodríguez\n\t,é\n",
+            " a , b ,c\n1,2,3\n",
+            "a,a,\n1,2,3\n",
+            "a,b\n",
+        ],
+    )
+    def test_plain_csv_reads_as_pandas_reads_it(self, text: str) -> None:
+        data = text.encode()
+        frame = arrow_parse(data, _names(data))
+        assert frame is not None and _same(frame, _pandas_read(data))
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            'a,b\n1,"2"\n',
+            'a,b\nx,"y\n',
+            "a,b\n\r,1\n",
+            "a\n1\n  \n",
+            "a,b\n1\n",
+            "a,b\n1,2,3\n",
+            "a,b\n1,2\n3,4,5,6\n",
+        ],
+    )
+    def test_text_where_pandas_could_read_otherwise_is_left_to_pandas(self, text: str) -> None:
+        data = text.encode()
+        assert arrow_parse(data, _names(data)) is None
+
+    def test_random_plain_csv_reads_as_pandas_reads_it_or_is_left_to_pandas(self) -> None:
+        parts = ["a", "b", ",", " ", "\t", "é", "\n", "\r\n", "\r", "x,y", ",,", '"', '""']
+        rng = random.Random(7)
+        read = 0
+        for _ in range(3000):
+            data = ("h1,h2\n" + "".join(rng.choice(parts) for _ in range(rng.randint(0, 14)))).encode()
+            frame = arrow_parse(data, ["h1", "h2"])
+            if frame is not None:
+                read += 1
+                assert _same(frame, _pandas_read(data)), data
+        assert read > 300
+
+    def test_chunks_read_by_arrow_equal_those_read_by_pandas(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = tmp_path / "customers.csv"
+        rows = "".join(f"C{i}, DE ,de-DE,N{i}\n" if i % 7 else "\n" for i in range(40))
+        path.write_text(TestChunkedReading.HEADER + rows + 'C99,DE,de-DE,"Q"\n')
+        arrow = list(iter_entity_file(path, Entity.CUSTOMERS, 6))
+        monkeypatch.setattr("tasks.sources.files.arrow_parse", lambda data, names: None)
+        pandas = list(iter_entity_file(path, Entity.CUSTOMERS, 6))
+        assert len(arrow) == len(pandas) == 6
+        for a, p in zip(arrow, pandas, strict=True):
+            assert a.frame.equals(p.frame) and a.lines.equals(p.lines)
+            assert list(a.frame.dtypes) == list(p.frame.dtypes)
 
 
 def test_a_source_error_crosses_a_process_boundary_with_its_file_and_problem() -> None:
