@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -69,8 +70,14 @@ class StagedSource:
         return {e.entity.value: e.rows for e in self.entities}
 
 
+# Staged chunks are read once, whole, and deleted after the load: dictionary pages and statistics only
+# cost time there (instalments: writing 0.24 -> 0.15 s of CPU and reading 0.22 -> 0.12 s per 1.5M
+# rows), for files about 1.5 times larger.
+_PARQUET: dict[str, Any] = {"compression": "lz4", "use_dictionary": False, "write_statistics": False}
+
+
 def _write(frame: pd.DataFrame, path: Path) -> str:
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, compression="lz4")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, **_PARQUET)
     return str(path)
 
 
@@ -78,7 +85,7 @@ def _write_behind(writes: BackgroundWrites, frame: pd.DataFrame, path: Path) -> 
     # Converted here: the thread then holds compact Arrow buffers, not the frame's Python objects,
     # and runs only Parquet encoding and compression, which release the GIL.
     rows = pa.Table.from_pandas(frame, preserve_index=False)
-    writes.submit(lambda: pq.write_table(rows, path, compression="lz4"))
+    writes.submit(lambda: pq.write_table(rows, path, **_PARQUET))
     return str(path)
 
 
