@@ -32,6 +32,20 @@ def test_migrations_produce_exactly_the_schema(engine: Engine) -> None:
     assert diff == []
 
 
+@pytest.mark.postgres
+def test_every_key_column_compares_byte_by_byte_on_postgres(pg_engine: Engine) -> None:
+    keys = {(t.name, c.name) for t in s.metadata.sorted_tables for c in t.columns if c.name.endswith("_key")}
+    with pg_engine.connect() as conn:
+        found = conn.execute(
+            text(
+                "SELECT table_name, column_name, collation_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND column_name LIKE '%\\_key'"
+            )
+        ).all()
+    assert {(r.table_name, r.column_name) for r in found} == keys
+    assert {r.collation_name for r in found} == {"C"}
+
+
 def test_sync_inserts_then_updates_only_changed_rows(engine: Engine) -> None:
     first = _clean(customers=[{}, {"customer_key": "C0000002", "phone": ""}])[Entity.CUSTOMERS]
     with engine.begin() as conn:
