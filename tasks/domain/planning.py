@@ -76,10 +76,7 @@ def activity_targets(segments: pd.DataFrame, last_active: pd.Series) -> pd.DataF
     inactive = (
         segments.loc[segments["inactive"].astype(bool)] if "inactive" in segments else segments.iloc[0:0]
     )
-    # Looked up by index, not through a dict: that made a Python Timestamp of every customer's day
-    # (0.34 s of the plan at 100k customers).
-    latest = last_active[~last_active.index.duplicated(keep="last")]
-    anchors = pd.to_datetime(inactive["customer_key"].map(latest))
+    anchors = pd.to_datetime(inactive["customer_key"].map(last_active.to_dict()))
     out = inactive.assign(target_key=inactive["contract_key"], anchor_date=anchors).dropna(
         subset=["anchor_date"]
     )
