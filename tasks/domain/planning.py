@@ -76,7 +76,13 @@ def activity_targets(segments: pd.DataFrame, last_active: pd.Series) -> pd.DataF
     inactive = (
         segments.loc[segments["inactive"].astype(bool)] if "inactive" in segments else segments.iloc[0:0]
     )
-    anchors = pd.to_datetime(inactive["customer_key"].map(last_active.to_dict()))
+    # Looked up by index, not through a dict: that made a Python Timestamp of every customer's day
+    # (0.26 s of the plan per 125k customers). `reindex`, not `map`: pandas casts an empty datetime
+    # mapper to float and raises.
+    latest = last_active[~last_active.index.duplicated(keep="last")]
+    anchors = pd.Series(
+        pd.to_datetime(latest.reindex(inactive["customer_key"]).to_numpy()), index=inactive.index
+    )
     out = inactive.assign(target_key=inactive["contract_key"], anchor_date=anchors).dropna(
         subset=["anchor_date"]
     )

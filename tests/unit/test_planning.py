@@ -9,6 +9,7 @@ import pytest
 
 from config.loader import load_playbook
 from tasks.domain.planning import (
+    activity_targets,
     candidate_messages,
     coordinate,
     due_steps,
@@ -146,3 +147,40 @@ def test_same_day_steps_of_a_lower_priority_playbook_are_superseded() -> None:
     due = due_steps(_segments([30, 30]), BOOK, AS_OF)
     kept, superseded = coordinate(due, {"C0"})
     assert (kept["customer_key"].tolist(), superseded["customer_key"].tolist()) == (["C1"], ["C0"])
+
+
+def test_reactivation_targets_anchor_on_each_inactive_customers_last_activity() -> None:
+    segments = pd.DataFrame(
+        {
+            "contract_key": ["K0", "K1", "K2", "K3"],
+            "customer_key": ["C0", "C1", "C2", "C3"],
+            "market": "DE",
+            "product": "loan",
+            "status": "active",
+            "inactive": [True, True, False, True],
+        }
+    )
+    last_active = pd.Series(
+        pd.to_datetime(["2026-05-01", "2026-06-30", "2026-07-01", "2026-08-15"]),
+        index=["C0", "C1", "C2", "C1"],
+    )
+    targets = activity_targets(segments, last_active)
+    # C3 has no activity at all, C2 is active; C1's later row is the one that counts.
+    assert targets["customer_key"].tolist() == ["C0", "C1"]
+    assert targets["anchor_date"].tolist() == [pd.Timestamp("2026-05-01"), pd.Timestamp("2026-08-15")]
+
+
+@pytest.mark.parametrize("inactive", [[True, False], [False, False]])
+def test_reactivation_targets_are_empty_when_no_customer_has_any_activity(inactive: list[bool]) -> None:
+    segments = pd.DataFrame(
+        {
+            "contract_key": ["K0", "K1"],
+            "customer_key": ["C0", "C1"],
+            "market": "DE",
+            "product": "loan",
+            "status": "active",
+            "inactive": inactive,
+        }
+    )
+    last_active = pd.Series(pd.to_datetime(pd.Series([], dtype="object")), index=pd.Index([], dtype="object"))
+    assert activity_targets(segments, last_active).empty
