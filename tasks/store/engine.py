@@ -11,7 +11,7 @@ from tasks.store.sharding import SQLITE_FUNCTION, sqlite_shard_of
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Return an engine; SQLite gets WAL, foreign-key pragmas and a busy timeout."""
+    """Return an engine; SQLite gets WAL, foreign-key pragmas and a busy timeout, PostgreSQL no JIT."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -27,7 +27,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             dbapi_conn.create_function(SQLITE_FUNCTION, 2, sqlite_shard_of, deterministic=True)
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # No JIT: the store's statements are key lookups and bulk copies, where PostgreSQL compiled some
+    # (its cost estimate passed jit_above_cost) for 30-90 ms each and ran them no faster; a 1M shard
+    # spent about half a second of the database's CPU on it (docs/performance.md).
+    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _no_jit(dbapi_conn: Any, _record: Any) -> None:
+        # Outside a transaction, so the setting outlives the first rollback; a session setting, so
+        # an `options` the URL carries keeps its own.
+        autocommit = dbapi_conn.autocommit
+        dbapi_conn.autocommit = True
+        dbapi_conn.execute("SET jit = off")
+        dbapi_conn.autocommit = autocommit
+
+    return engine
 
 
 def is_postgres(engine: Engine) -> bool:

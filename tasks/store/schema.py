@@ -251,6 +251,16 @@ messages = Table(
     Column("retention_basis", String(100)),
     Column("updated_at", UtcTime, nullable=False),
     key_hash_column(),
+    # Dispatch claims the cycle's rendered messages in customer order, a batch at a time: walking
+    # this index finds a batch in a few milliseconds, where the status and cycle indexes made each
+    # claim collect and sort every rendered message of the cycle (migration 0009).
+    Index(
+        "ix_messages_claim",
+        "cycle_id",
+        "customer_key",
+        postgresql_where=text("status = 'rendered'"),
+        sqlite_where=text("status = 'rendered'"),
+    ),
 )
 
 decisions = Table(
