@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -16,6 +16,7 @@ from tasks.domain.shards import Shard
 from tasks.store import schema as s
 from tasks.store.bulk import insert_frame
 from tasks.store.repository import claim_batch
+from tests.support.factories import message_row
 
 pytestmark = pytest.mark.postgres
 
@@ -41,25 +42,16 @@ def _seed(engine: Engine) -> None:
             ],
         )
         rows = [
-            {
-                "message_key": f"pb:K{i:06d}:{n}",
-                "cycle_id": 1 if n < 2 else 2,
-                "playbook": "pb",
-                "contract_key": f"K{i:06d}",
-                "customer_key": f"C{i:06d}",
-                "market": "DE",
-                "step": f"T-{n}",
-                "channel": "sms",
-                "rank": 0,
-                "send_rule": "first",
-                "template": "renewal_notice",
-                "purpose": "service",
-                "anchor_date": date(2026, 12, 22),
-                "status": "planned",
-                "attempts": 0,
-                "planned_at": NOW,
-                "updated_at": NOW,
-            }
+            message_row(
+                i,
+                f"C{i:06d}",
+                NOW,
+                message_key=f"pb:K{i:06d}:{n}",
+                cycle_id=1 if n < 2 else 2,
+                market="DE",
+                step=f"T-{n}",
+                status="planned",
+            )
             for i in range(CUSTOMERS)
             for n in range(3)
         ]

@@ -10,7 +10,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -27,7 +27,7 @@ from tasks.store.bulk import insert_frame
 from tasks.store.repository import sync_customers
 from tests.fakes.sendgrid_fake import FakeSendGrid
 from tests.fakes.twilio_fake import FakeTwilio
-from tests.support.factories import ROOT, markets, raw_set
+from tests.support.factories import ROOT, markets, message_row, raw_set
 from tests.support.live import free_port, serve
 
 pytestmark = pytest.mark.postgres
@@ -54,28 +54,16 @@ def _seed(engine: Engine, n: int) -> dict[str, str]:
         key = f"pb:K{i:06d}:20261222:T-30:{channel}"
         addresses[key] = cust["phone"] if channel == "sms" else cust["email"]
         rows.append(
-            {
-                "message_key": key,
-                "cycle_id": 1,
-                "playbook": "pb",
-                "contract_key": f"K{i:06d}",
-                "customer_key": cust["customer_key"],
-                "market": "GB",
-                "step": "T-30",
-                "channel": channel,
-                "rank": 0,
-                "send_rule": "first",
-                "template": "renewal_notice",
-                "purpose": "service",
-                "anchor_date": date(2026, 12, 22),
-                "status": "rendered",
-                "subject": "Your renewal",
-                "body": f"Renewal reminder {i}: https://example.invalid/renew/{i:06d}",
-                "body_html": "<p>Renewal</p>",
-                "attempts": 0,
-                "planned_at": NOW,
-                "updated_at": NOW,
-            }
+            message_row(
+                i,
+                cust["customer_key"],
+                NOW,
+                message_key=key,
+                channel=channel,
+                subject="Your renewal",
+                body=f"Renewal reminder {i}: https://example.invalid/renew/{i:06d}",
+                body_html="<p>Renewal</p>",
+            )
         )
     with engine.begin() as conn:
         sync_customers(conn, frame, NOW)

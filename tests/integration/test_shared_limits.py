@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -41,7 +41,7 @@ from tasks.store.repository import sync_customers
 from tests.fakes.sendgrid_fake import FakeSendGrid
 from tests.fakes.twilio_fake import FakeTwilio
 from tests.support.dispatch_worker import worker_settings
-from tests.support.factories import ROOT, markets, raw_set
+from tests.support.factories import ROOT, markets, message_row, raw_set
 from tests.support.live import SERVICE_SID
 from tests.support.pipeline import HASH_KEY
 from tests.support.prefect_server import prefect_server
@@ -59,26 +59,9 @@ def _seed_sms(engine: Engine, n: int) -> None:
     frame = validate_all(raw_set(customers=customers), markets(), known_keys=None).clean[Entity.CUSTOMERS]
     assert len(frame) == n
     rows = [
-        {
-            "message_key": f"pb:K{i:06d}:20261222:T-30:sms",
-            "cycle_id": 1,
-            "playbook": "pb",
-            "contract_key": f"K{i:06d}",
-            "customer_key": cust["customer_key"],
-            "market": "GB",
-            "step": "T-30",
-            "channel": "sms",
-            "rank": 0,
-            "send_rule": "first",
-            "template": "renewal_notice",
-            "purpose": "service",
-            "anchor_date": date(2026, 12, 22),
-            "status": "rendered",
-            "body": f"Renewal reminder {i}: https://example.invalid/renew/{i:06d}",
-            "attempts": 0,
-            "planned_at": NOW,
-            "updated_at": NOW,
-        }
+        message_row(
+            i, cust["customer_key"], NOW, body=f"Renewal reminder {i}: https://example.invalid/renew/{i:06d}"
+        )
         for i, cust in enumerate(frame.to_dict("records"))
     ]
     with engine.begin() as conn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,30 @@ _counter = itertools.count(1)
 def markets() -> dict[str, Market]:
     """Return the configured markets."""
     return load_markets(ROOT / "config")
+
+
+def message_row(i: int, customer_key: str, now: datetime, **fields: Any) -> dict[str, Any]:
+    """Return message `i` of playbook "pb" as stored: a rendered T-30 SMS in cycle 1 unless `fields` say."""
+    return {
+        "message_key": f"pb:K{i:06d}:20261222:T-30:sms",
+        "cycle_id": 1,
+        "playbook": "pb",
+        "contract_key": f"K{i:06d}",
+        "customer_key": customer_key,
+        "market": "GB",
+        "step": "T-30",
+        "channel": "sms",
+        "rank": 0,
+        "send_rule": "first",
+        "template": "renewal_notice",
+        "purpose": "service",
+        "anchor_date": date(2026, 12, 22),
+        "status": "rendered",
+        "attempts": 0,
+        "planned_at": now,
+        "updated_at": now,
+        **fields,
+    }
 
 
 def random_ref(prefix: str) -> str:
