@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, create_engine, event
 
 from tasks.store.sharding import SQLITE_FUNCTION, sqlite_shard_of
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Return an engine; SQLite gets WAL, foreign-key pragmas and a busy timeout, PostgreSQL no JIT."""
+    """Return an engine: SQLite with WAL, pragmas and a busy timeout; PostgreSQL without JIT, with LZ4."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -27,18 +29,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             dbapi_conn.create_function(SQLITE_FUNCTION, 2, sqlite_shard_of, deterministic=True)
 
         return engine
-    # No JIT: the store's statements are key lookups and bulk copies, where PostgreSQL compiled some
-    # (its cost estimate passed jit_above_cost) for 30-90 ms each and ran them no faster; a 1M shard
-    # spent about half a second of the database's CPU on it (docs/performance.md).
     engine = create_engine(url, pool_pre_ping=True, **kwargs)
 
     @event.listens_for(engine, "connect")
-    def _no_jit(dbapi_conn: Any, _record: Any) -> None:
-        # Outside a transaction, so the setting outlives the first rollback; a session setting, so
+    def _session(dbapi_conn: Any, _record: Any) -> None:
+        # Outside a transaction, so the settings outlive the first rollback; session settings, so
         # an `options` the URL carries keeps its own.
         autocommit = dbapi_conn.autocommit
         dbapi_conn.autocommit = True
+        # No JIT: the store's statements are key lookups and bulk copies, where PostgreSQL compiled
+        # some (their cost estimate passed jit_above_cost) for 30-90 ms each and ran them no faster.
         dbapi_conn.execute("SET jit = off")
+        # Rendered HTML bodies are stored compressed: pglz, the default, made render 18% slower at
+        # 100k customers than LZ4 (docs/performance.md). A server built without LZ4 keeps pglz.
+        with suppress(psycopg.errors.InvalidParameterValue, psycopg.errors.UndefinedObject):
+            dbapi_conn.execute("SET default_toast_compression = lz4")
         dbapi_conn.autocommit = autocommit
 
     return engine

@@ -1,4 +1,4 @@
-"""PostgreSQL plans the store's hot statements the cheap way whatever its statistics say."""
+"""PostgreSQL plans a dispatch claim as an index walk whatever its statistics say."""
 
 from __future__ import annotations
 
@@ -102,10 +102,3 @@ def test_the_settings_of_a_claim_end_with_its_transaction(pg_engine: Engine) -> 
             claim_batch(conn, 1, 10, NOW, owner=1)
         assert conn.execute(text("SHOW enable_sort")).scalar() == "on"
         assert conn.execute(text("SHOW enable_bitmapscan")).scalar() == "on"
-
-
-def test_the_store_talks_to_postgres_without_jit(pg_engine: Engine) -> None:
-    with pg_engine.connect() as conn:
-        assert conn.execute(text("SHOW jit")).scalar() == "off"
-        conn.rollback()
-        assert conn.execute(text("SHOW jit")).scalar() == "off"
