@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from tasks.store.engine import make_engine
 from tasks.store.migrate import upgrade
 from tasks.store.repository import append_consents, sync_customers, sync_entity
 from tests.fakes.senders import FakeSender, ProcessKilled
-from tests.support.factories import markets, raw_set
+from tests.support.factories import markets, message_row, raw_set
 
 NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 KEY = b"k"
@@ -33,27 +33,18 @@ def _seed(engine: Engine, n: int, steps: Sequence[str] = ("T-30",)) -> None:
     contracts = [{"contract_key": f"K{i:07d}", "customer_key": f"C{i:07d}"} for i in range(n)]
     clean = validate_all(raw_set(customers=customers, contracts=contracts), markets()).clean
     rows: list[dict[str, Any]] = [
-        {
-            "message_key": f"pb:K{i:07d}:20261222:{step}:email",
-            "cycle_id": 1,
-            "playbook": "pb",
-            "contract_key": f"K{i:07d}",
-            "customer_key": f"C{i:07d}",
-            "market": "DE",
-            "step": step,
-            "channel": "email",
-            "rank": 0,
-            "send_rule": "first",
-            "template": "renewal_notice",
-            "purpose": "service",
-            "anchor_date": date(2026, 12, 22),
-            "status": "rendered",
-            "subject": "Subject",
-            "body": "Body",
-            "attempts": 0,
-            "planned_at": NOW,
-            "updated_at": NOW,
-        }
+        message_row(
+            i,
+            f"C{i:07d}",
+            NOW,
+            message_key=f"pb:K{i:07d}:20261222:{step}:email",
+            contract_key=f"K{i:07d}",
+            market="DE",
+            step=step,
+            channel="email",
+            subject="Subject",
+            body="Body",
+        )
         for step in steps
         for i in range(n)
     ]
