@@ -2,10 +2,10 @@
 
 Under a libc collation such as C.UTF-8, PostgreSQL sorts text through strcoll and without
 abbreviated keys; keys are identifiers, never shown sorted, so byte order serves them as well: an
-index on 14.7M instalment keys took 9.5 s to build, 6.1 s with "C". Every key column changes at once, since a join
-of a "C" column to a default one could not use the other side's index. PostgreSQL refuses to alter
-a column a generated column reads, so the shard hash is dropped and computed again. SQLite compares
-text byte by byte already and needs nothing.
+index on 14.7M instalment keys took 9.5 s to build, 6.1 s with "C". Every key column changes at
+once, since a join of a "C" column to a default one could not use the other side's index.
+PostgreSQL refuses to alter a column a generated column reads, so the shard hash is dropped and
+computed again. SQLite compares text byte by byte already and needs nothing.
 
 Revision ID: 0008
 Revises: 0007

@@ -783,8 +783,8 @@ def claim_batch(
     if conn.dialect.name == "postgresql":
         # The statistics of messages trail the cycle's own writes (taken before the plan inserted them,
         # or by autovacuum at any moment since), so the planner may think few messages are rendered and
-        # collect and sort all of them for every batch (20-55 ms at 1M customers). Without bitmap scans
-        # and sorts to pick, the one plan left walks ix_messages_claim in order: 1-2 ms a batch.
+        # collect and sort all of them for every batch (55-100 ms a claim for a 1M shard). Without
+        # bitmap scans and sorts to pick, the one plan left walks ix_messages_claim: 1-2 ms a batch.
         # Set for the rest of the transaction (is_local): the caller gives the claim one of its own.
         conn.execute(
             select(
