@@ -36,7 +36,7 @@ from tasks.channels.results import ChannelResult
 from tasks.domain.consent import Outcome, Reason, labelled, required_label
 from tasks.domain.markets import Market
 from tasks.domain.shards import Shard
-from tasks.gate import decide_for, decision_rows
+from tasks.gate import decide_for, decision_rows, record_policy
 from tasks.runtime import get_runtime
 from tasks.store import schema as s
 from tasks.store.bulk import read_frame
@@ -263,11 +263,12 @@ def _recheck(
     markets: Mapping[str, Market],
     hash_key: bytes,
     now: datetime,
+    policy: str,
 ) -> tuple[set[str], Counter[str]]:
     """Run the gate again right before sending; return the keys that must not go now, and why."""
     tally: Counter[str] = Counter()
     with engine.begin() as conn:
-        decisions, _ = decide_for(conn, batch, markets, hash_key, now)
+        decisions, _ = decide_for(conn, batch, markets, hash_key, now, policy)
         shown = batch[["message_key", "has_offer", "offer_removed"]].rename(
             columns={"offer_removed": "shown_without"}
         )
@@ -402,6 +403,7 @@ def _claim(
     markets: Mapping[str, Market],
     hash_key: bytes,
     clock: Callable[[], datetime],
+    policy: str,
     shard: Shard | None = None,
 ) -> _Claimed | None:
     """Claim the next batch and re-check it; None when nothing is left to send."""
@@ -411,7 +413,7 @@ def _claim(
         frame = claim_batch(conn, cycle_id, batch_size, now, owner, shard)
     if frame.empty:
         return None
-    stopped, held = _recheck(engine, frame, cycle_id, markets, hash_key, now)
+    stopped, held = _recheck(engine, frame, cycle_id, markets, hash_key, now, policy)
     sendable = frame.loc[~frame["message_key"].isin(stopped)] if stopped else frame
     return _Claimed(frame, _outbounds(sendable), held)
 
@@ -485,9 +487,12 @@ def dispatch_cycle(
         reconciled = reconcile(
             engine, cycle_id, senders, owner, clock(), lease_seconds, grace_seconds, email_events, shard
         )
+        # The rules cannot change during a run: hashing them for every batch cost ~4 ms a re-check.
+        with engine.begin() as conn:
+            policy = record_policy(conn, markets)
 
         def claim_next() -> _Claimed | None:
-            return _claim(engine, cycle_id, owner, batch_size, markets, hash_key, clock, shard)
+            return _claim(engine, cycle_id, owner, batch_size, markets, hash_key, clock, policy, shard)
 
         ahead: Future[_Claimed | None] | None = claimer.submit(claim_next)
         settling: deque[Future[dict[str, int]]] = deque()
@@ -507,7 +512,7 @@ def dispatch_cycle(
                     # this one was re-checked is re-checked once that batch is settled.
                     while settling:
                         stats.update(settling.popleft().result())
-                    _recheck_late(engine, batch, overlap, cycle_id, markets, hash_key, clock())
+                    _recheck_late(engine, batch, overlap, cycle_id, markets, hash_key, clock(), policy)
                 recent.append(customers)
                 ahead = claimer.submit(claim_next)
                 stats.update(batch.held)
@@ -551,12 +556,13 @@ def _recheck_late(
     markets: Mapping[str, Market],
     hash_key: bytes,
     now: datetime,
+    policy: str,
 ) -> None:
     """Re-check the batch's messages to `customers` again and drop the ones that must not go now."""
     going = {m.message_key for m in batch.outbound}
     frame = batch.frame
     subset = frame.loc[frame["customer_key"].isin(customers) & frame["message_key"].isin(going)]
-    stopped, held = _recheck(engine, subset, cycle_id, markets, hash_key, now)
+    stopped, held = _recheck(engine, subset, cycle_id, markets, hash_key, now, policy)
     batch.held.update(held)
     if stopped:
         batch.outbound = [m for m in batch.outbound if m.message_key not in stopped]

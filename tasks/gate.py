@@ -142,7 +142,7 @@ def consent_record(values: Sequence[Any]) -> ConsentRecord:
 
 
 def _rows(conn: Connection, stmt: Select[Any], column: Any, keys: Sequence[str]) -> list[Any]:
-    """Return the rows of `stmt` for the keys in `column`, read in chunks as plain tuples."""
+    """Return the rows of `stmt` for the keys in `column`, read in chunks."""
     # Plain rows, not frames: the send-time re-check reads these for every batch of about 1,000
     # messages, where building typed frames cost more than the rule itself. On PostgreSQL the keys
     # travel as one array, not one parameter each (half the time of a 1,000-key IN list).
@@ -153,8 +153,9 @@ def _rows(conn: Connection, stmt: Select[Any], column: Any, keys: Sequence[str])
         ]
     else:
         picked = [stmt.where(column.in_(chunk)) for chunk in _chunks(keys)]
-    # fetchall: one driver call per chunk, not one per row.
-    return [tuple(row) for query in picked for row in conn.execute(query).all()]
+    # fetchall: one driver call per chunk, not one per row. The rows unpack as tuples do; copying each
+    # with tuple(row) cost more than the unpacking (a 1M shard's gate reads ~0.7M of them).
+    return [row for query in picked for row in conn.execute(query).all()]
 
 
 def load_subjects(
@@ -282,9 +283,11 @@ def decide_for(
     markets: Mapping[str, Market],
     hash_key: bytes,
     now: datetime,
+    version: str | None = None,
 ) -> tuple[pd.DataFrame, str]:
-    """Return the gate's decisions for `messages` at `now`, and the policy version applied."""
-    version = record_policy(conn, markets)
+    """Return the gate's decisions for `messages` at `now` and the policy version (recorded unless given)."""
+    if version is None:
+        version = record_policy(conn, markets)
     customers = messages["customer_key"].astype(str).tolist()
     subjects = load_subjects(conn, customers, hash_key, now.date())
     rules = {code: m.rules for code, m in markets.items()}

@@ -12,6 +12,7 @@ import pandas as pd
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Row,
     Select,
     String,
     and_,
@@ -812,7 +813,7 @@ def claim_batch(
         stmt = select(
             *(claimed.c[c] for c in CLAIM_COLUMNS), *(cust.c[c] for c in CLAIM_CUSTOMER_COLUMNS)
         ).join_from(claimed, cust, cust.c.customer_key == claimed.c.customer_key)
-        return pd.DataFrame.from_records(list(conn.execute(stmt).tuples()), columns=names)
+        return _claimed_frame(conn.execute(stmt).all(), names)
     rows = conn.execute(first).all()
     if not rows:
         return pd.DataFrame(columns=names)
@@ -827,7 +828,15 @@ def claim_batch(
         .join(cust, cust.c.customer_key == m.c.customer_key)
         .where(m.c.message_key.in_(keys))
     )
-    return pd.DataFrame.from_records(list(conn.execute(stmt).tuples()), columns=names)
+    return _claimed_frame(conn.execute(stmt).all(), names)
+
+
+def _claimed_frame(rows: Sequence[Row[Any]], names: list[str]) -> pd.DataFrame:
+    """Return claimed rows as a frame with the columns `names`."""
+    # Plain tuples, built by unpacking: given Row objects, from_records probes each for attributes it
+    # lacks (an AttributeError raised per row) and copies it with tuple(), which is slow for a Row;
+    # 6 ms against 2-3 ms per 1,000 claimed messages.
+    return pd.DataFrame.from_records([(*row,) for row in rows], columns=names)
 
 
 def release_claims(conn: Connection, keys: Sequence[str], owner: int | None, now: datetime) -> int:

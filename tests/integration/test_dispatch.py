@@ -14,6 +14,7 @@ from sqlalchemy import Engine, select, update
 from tasks.channels.base import Outbound, SendResult
 from tasks.dispatch import dispatch_cycle, throttled
 from tasks.domain.contract import Entity
+from tasks.gate import policy_version
 from tasks.sources.validation import validate_all
 from tasks.store import schema as s
 from tasks.store.bulk import insert_frame, read_frame
@@ -175,6 +176,23 @@ def test_consent_withdrawn_after_planning_stops_the_send(engine: Engine) -> None
     assert blocked.to_dict("records") == [
         {"stage": "send", "reason": "CONSENT_WITHDRAWN", "customer_key": "C0000001"}
     ]
+
+
+def test_a_decision_taken_at_send_time_names_the_stored_policy_version_whose_rules_it_applied(
+    engine: Engine,
+) -> None:
+    _seed(engine, 2)
+    with engine.begin() as conn:
+        conn.execute(
+            update(s.customers).where(s.customers.c.customer_key == "C0000000").values(erased_at=NOW)
+        )
+    dispatch_cycle(engine, 1, {"email": FakeSender()}, MARKETS, KEY, batch_size=10)
+    with engine.connect() as conn:
+        decided = conn.execute(select(s.decisions.c.stage, s.decisions.c.policy_version)).all()
+        stored = conn.execute(select(s.policy_versions.c.policy_version, s.policy_versions.c.rules)).all()
+    version, rules = policy_version(MARKETS)
+    assert [tuple(d) for d in decided] == [("send", version)]
+    assert [tuple(p) for p in stored] == [(version, rules)]
 
 
 def test_erased_customer_is_not_contacted_at_send_time(engine: Engine) -> None:
