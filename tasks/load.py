@@ -23,6 +23,7 @@ from tasks.store.bulk import SyncStats
 from tasks.store.ingest import (
     ConsentAppend,
     consent_rows,
+    crm_consent_arrow,
     customer_rows,
     sync_customer_chunks,
     sync_entity_chunks,
@@ -86,6 +87,7 @@ def load_staged(
     """
     handoff = validated if isinstance(validated, Handoff) else Handoff.of(validated)
     now = utcnow()
+    recorded_at = pa.scalar(now, pa.timestamp("us", "UTC"))
     stats: dict[str, Any] = {}
     for chunks in handoff.entities():
         entity = chunks.entity
@@ -105,8 +107,16 @@ def load_staged(
             sync = sync_customer_chunks(conn, len(paths), customers, now)
         elif entity is Entity.CONSENTS:
             append = ConsentAppend(conn, now)
-            for path in chunks.all():
-                append.add(consent_rows(read_clean(path), controller))
+            # Whole: held-back rows are put back in file order, which the consent ids keep.
+            paths = chunks.all()
+
+            def consents(i: int, _: list[str] | None, paths: tuple[str, ...] = paths) -> pd.DataFrame:
+                return consent_rows(read_clean(paths[i]), controller)
+
+            def arrow_consents(i: int, paths: tuple[str, ...] = paths) -> pa.Table:
+                return crm_consent_arrow(read_clean_arrow(paths[i]), controller, recorded_at)
+
+            append.add_chunks(len(paths), consents, arrow_consents)
             sync = append.finish()
         else:
 

@@ -12,6 +12,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import Connection, Table, func, literal, select, text
 
 from tasks.domain.contract import CONTRACT, Entity
@@ -296,6 +297,23 @@ def consent_rows(frame: pd.DataFrame, controller: str) -> pd.DataFrame:
     return df
 
 
+def crm_consent_arrow(rows: pa.Table, controller: str, recorded_at: pa.Scalar) -> pa.Table:
+    """Return validated consents in Arrow as `consent_rows` fills them, stamped as CRM records."""
+
+    def text(name: str) -> pa.ChunkedArray:
+        # A chunk whose column is empty throughout is read back with Arrow's null type.
+        values = rows.column(name)
+        return values.cast(pa.string()) if pa.types.is_null(values.type) else values
+
+    named = pc.fill_null(text("controller"), "")
+    named = pc.if_else(pc.equal(named, ""), pa.scalar(controller, named.type), named)
+    rows = rows.set_column(rows.column_names.index("controller"), "controller", named)
+    basis = pc.fill_null(text("lawful_basis"), "consent")
+    rows = rows.set_column(rows.column_names.index("lawful_basis"), "lawful_basis", basis)
+    rows = rows.append_column("origin", pa.repeat(pa.scalar("crm"), rows.num_rows))
+    return rows.append_column("recorded_at", pa.repeat(recorded_at, rows.num_rows))
+
+
 class ConsentAppend:
     """Append CRM consent records that differ from the last CRM import of the same key, chunk by chunk.
 
@@ -314,6 +332,19 @@ class ConsentAppend:
         self._rebuild = ExitStack()
         if self.pg and not self.upto:
             self._rebuild.enter_context(indexes_built_after(conn, s.consents))
+
+    def add_chunks(self, count: int, read: ChunkReader, arrow: ArrowReader) -> None:
+        """Take `count` chunks, read as frames (`consent_rows`) or as Arrow (`crm_consent_arrow`)."""
+        if not (self.pg and not self.upto):
+            for i in range(count):
+                self.add(read(i, None))
+            return
+        # Into an empty store every record goes straight in, in file order: each chunk's payload is
+        # built from Arrow while the chunk before is copied (1M customers: 1.7M consents, ~13 s one
+        # step after the other, 6.8 s of it building payloads from frames).
+        written = copy_chunks(self.conn, s.consents, range(count), read, arrow)
+        self.rows += written
+        self.stats = SyncStats(self.stats.inserted + written, 0, 0)
 
     def add(self, df: pd.DataFrame) -> None:
         """Take one chunk of prepared consent rows (see `consent_rows`)."""

@@ -191,6 +191,17 @@ def test_store_and_counts_are_those_of_the_whole_frame_path(
         pd.testing.assert_frame_equal(frame, second[name], check_dtype=False, obj=name)
 
 
+def test_consents_are_stored_as_crm_records_of_the_loads_own_time(
+    stores: Stores, portfolio: Path, tmp_path: Path
+) -> None:
+    _ingest(stores.first, portfolio, tmp_path / "small", chunk_rows=50)
+    with stores.first.connect() as conn:
+        consents = read_frame(conn, select(s.consents.c.origin, s.consents.c.recorded_at))
+        loaded = read_frame(conn, select(s.customers.c.loaded_at))
+    assert len(consents) > 50 and set(consents["origin"]) == {"crm"}
+    assert set(consents["recorded_at"]) == set(loaded["loaded_at"]) and len(set(loaded["loaded_at"])) == 1
+
+
 def test_duplicate_key_split_across_chunks_is_caught(stores: Stores, tmp_path: Path) -> None:
     customers = [{"customer_key": f"C{i:07d}"} for i in range(1, 20)]
     customers.append({"customer_key": "C0000002", "last_name": "Other"})
