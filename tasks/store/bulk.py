@@ -215,12 +215,13 @@ def _driver(conn: Connection) -> Any:
     return raw
 
 
-def _copy_in(conn: Connection, target: str, columns: list[str], payload: bytes) -> None:
+def _copy_in(conn: Connection, target: str, columns: list[str], payload: bytes, freeze: bool = False) -> None:
     raw = _driver(conn)
     cols = ", ".join(f'"{c}"' for c in columns)
+    options = "FORMAT csv, FREEZE" if freeze else "FORMAT csv"
     with (
         raw.cursor() as cur,
-        cur.copy(f"COPY {target} ({cols}) FROM STDIN WITH (FORMAT csv)") as copy,
+        cur.copy(f"COPY {target} ({cols}) FROM STDIN WITH ({options})") as copy,
     ):
         for start in range(0, len(payload), 8 << 20):
             copy.write(payload[start : start + (8 << 20)])

@@ -202,6 +202,25 @@ def test_consents_are_stored_as_crm_records_of_the_loads_own_time(
     assert set(consents["recorded_at"]) == set(loaded["loaded_at"]) and len(set(loaded["loaded_at"])) == 1
 
 
+@pytest.mark.postgres
+def test_a_first_load_writes_its_rows_frozen_so_readers_need_not_look_up_whether_each_committed(
+    pg_admin_dsn: str, portfolio: Path, tmp_path: Path
+) -> None:
+    with scratch_database(pg_admin_dsn) as url:
+        engine = make_engine(url)
+        upgrade(engine)
+        _ingest(engine, portfolio, tmp_path / "home", chunk_rows=50)
+        with engine.connect() as conn:
+            pages = conn.execute(
+                text("SELECT relname, relpages, relallvisible FROM pg_class WHERE relname = ANY(:t)"),
+                {"t": [ENTITY_TABLES[e].name for e in ENTITY_ORDER]},
+            ).all()
+        engine.dispose()
+    # The load analyzes what it wrote: every page is all-visible, as only a vacuum would make it otherwise.
+    assert len(pages) == len(ENTITY_ORDER)
+    assert all(relpages > 0 and visible == relpages for _, relpages, visible in pages), pages
+
+
 def test_duplicate_key_split_across_chunks_is_caught(stores: Stores, tmp_path: Path) -> None:
     customers = [{"customer_key": f"C{i:07d}"} for i in range(1, 20)]
     customers.append({"customer_key": "C0000002", "last_name": "Other"})
